@@ -1,0 +1,13 @@
+"""Which sub-commands `tera` has: each area contributes its own parsers."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from tera.corpora.commands import add_corpus_commands
+    from tera.inference import add_inference_commands
+
+    add_inference_commands(sub)  # extract, info
+    add_corpus_commands(sub)  # corpus synth, corpus check
