@@ -1,0 +1,138 @@
+"""The TERA2 model configuration: fairseq's field names, so checkpoints map one to one."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tera.errors import UserError
+
+DEFAULT_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
+TARGET_DIM = 78  # 39-dim MFCC+Δ+ΔΔ stacked in pairs (see tera.audio.tera_targets)
+
+
+@dataclass
+class TeraConfig:
+    """Architecture and regularisation of a TERA2 model.
+
+    Field names and defaults follow the reference `TeraConfig` (fairseq `tera` model), so a
+    checkpoint's `model_cfg` loads directly; fields the reference has but TERA2 does not use
+    (NCE temperature, conformer options, ...) are kept in `extra` and written back on export.
+    """
+
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 768
+    encoder_ffn_embed_dim: int = 3072
+    encoder_attention_heads: int = 12
+    activation_fn: str = "gelu"
+    extractor_mode: str = "default"
+    conv_feature_layers: str = DEFAULT_CONV_LAYERS
+    conv_bias: bool = False
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    layer_norm_first: bool = False  # pre-LN (the large preset); TERA2 slim/base are post-LN
+    # Per-utterance waveform standardisation; a task setting in the reference (`task.normalize`),
+    # kept here because the model must apply it wherever it runs. The large preset uses it.
+    normalize: bool = False
+    label_rate: int = 100
+    final_dim: int = 0
+
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    encoder_layerdrop: float = 0.0
+    dropout_input: float = 0.0
+    dropout_features: float = 0.0
+    feature_grad_mult: float = 1.0
+
+    # Time alteration: fairseq span masking with a learned mask vector.
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    mask_selection: str = "static"
+    # Channel alteration: spans of feature channels set to zero (fairseq / TERA paper).
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 10
+    # Magnitude alteration (TERA paper): with this probability per utterance, add Gaussian
+    # noise of this standard deviation to every frame of the encoder input.
+    mask_noise_prob: float = 0.0
+    mask_noise_std: float = 0.2
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.encoder_embed_dim % self.encoder_attention_heads:
+            raise UserError(
+                f"encoder_embed_dim {self.encoder_embed_dim} is not divisible by "
+                f"encoder_attention_heads {self.encoder_attention_heads}"
+            )
+        if self.encoder_embed_dim % self.conv_pos_groups:
+            raise UserError(
+                f"encoder_embed_dim {self.encoder_embed_dim} is not divisible by "
+                f"conv_pos_groups {self.conv_pos_groups}"
+            )
+        if self.extractor_mode not in ("default", "layer_norm"):
+            raise UserError(
+                f"extractor_mode {self.extractor_mode!r}: expected 'default' or 'layer_norm'"
+            )
+        if self.mask_selection != "static":
+            raise UserError(f"mask_selection {self.mask_selection!r}: only 'static' is supported")
+        if self.activation_fn != "gelu":
+            raise UserError(f"activation_fn {self.activation_fn!r}: only 'gelu' is supported")
+        parse_conv_layers(self.conv_feature_layers)
+
+    @property
+    def conv_layers(self) -> list[tuple[int, int, int]]:
+        return parse_conv_layers(self.conv_feature_layers)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels out of the conv extractor (512 in the published presets)."""
+        return self.conv_layers[-1][0]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TeraConfig:
+        """Build from a (possibly older or newer) reference config: known keys are merged onto
+        the defaults, unknown ones kept in `extra`."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        extra = {k: v for k, v in values.items() if k not in known and k != "extra"}
+        extra.update(values.get("extra") or {})
+        return cls(**kwargs, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict in the reference layout (our fields plus the preserved extras)."""
+        values = dataclasses.asdict(self)
+        extra = values.pop("extra")
+        return {**extra, **values}
+
+
+def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
+    """Parse fairseq's `conv_feature_layers` string, e.g. "[(512,10,5)] + [(512,3,2)] * 4".
+
+    Only list/tuple literals of integers combined with `+` and `*` are accepted: the string
+    comes from checkpoints and configs, so it is never passed to `eval`.
+    """
+
+    def evaluate(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return evaluate(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [evaluate(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = evaluate(node.left), evaluate(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"unsupported element {ast.dump(node)}")
+
+    try:
+        layers = evaluate(ast.parse(spec, mode="eval"))
+        layers = [tuple(int(v) for v in layer) for layer in layers]
+        if not layers or any(len(layer) != 3 or min(layer) < 1 for layer in layers):
+            raise ValueError("expected a non-empty list of (channels, kernel, stride)")
+    except (SyntaxError, ValueError, TypeError) as err:
+        raise UserError(f"conv_feature_layers {spec!r} is not a valid layer list: {err}") from err
+    return layers

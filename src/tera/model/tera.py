@@ -1,0 +1,192 @@
+"""TERA2: waveform in, masked reconstruction of stacked MFCC frames out (SPEC §1).
+
+    waves [B, S] --conv extractor--> [B, T, 512] (50 Hz) --LayerNorm--> post_extract_proj
+      --> dropout_input --> alterations (time mask with mask_emb, channel, magnitude)
+      --> transformer encoder --> hidden states h_0..h_L --> final_proj --> [B, T, 78]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tera.model.components import (
+    ConvFeatureExtractor,
+    GradMultiply,
+    TransformerEncoder,
+    lengths_to_padding_mask,
+    output_frames,
+)
+from tera.model.config import TARGET_DIM, TeraConfig
+from tera.model.masking import add_magnitude_noise, compute_span_mask, mask_channels
+
+
+@dataclass
+class TeraOutput:
+    """What one forward pass returns.
+
+    hidden_states: [h_0, ..., h_L], each `[batch, frame, dim]`.
+    padding_mask: `[batch, frame]`, True on padding (None when no lengths were given).
+    frame_lengths: `[batch]` valid frames per utterance.
+    mask_indices: `[batch, frame]`, True on time-masked frames (None without masking).
+    features_pen: mean square of the conv features over valid frames (scalar, float32).
+    """
+
+    hidden_states: list[torch.Tensor]
+    padding_mask: torch.Tensor | None
+    frame_lengths: torch.Tensor
+    mask_indices: torch.Tensor | None
+    features_pen: torch.Tensor
+
+    @property
+    def last_hidden_state(self) -> torch.Tensor:
+        return self.hidden_states[-1]
+
+
+class TeraModel(nn.Module):
+    def __init__(self, cfg: TeraConfig, num_label_classes: int = 0) -> None:
+        """`num_label_classes` > 0 adds the unused HuBERT `label_embs_concat` parameter, only
+        so that checkpoints that carry it load and export unchanged."""
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.encoder_embed_dim
+        feature_dim = cfg.feature_dim
+        self.feature_extractor = ConvFeatureExtractor(
+            cfg.conv_layers, mode=cfg.extractor_mode, bias=cfg.conv_bias
+        )
+        self.layer_norm = nn.LayerNorm(feature_dim)
+        self.post_extract_proj = nn.Linear(feature_dim, dim) if feature_dim != dim else None
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
+        self.encoder = TransformerEncoder(
+            dim=dim,
+            ffn_dim=cfg.encoder_ffn_embed_dim,
+            layers=cfg.encoder_layers,
+            heads=cfg.encoder_attention_heads,
+            conv_pos=cfg.conv_pos,
+            conv_pos_groups=cfg.conv_pos_groups,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.activation_dropout,
+            layerdrop=cfg.encoder_layerdrop,
+            layer_norm_first=cfg.layer_norm_first,
+        )
+        self.final_proj = nn.Linear(dim, TARGET_DIM)
+        if num_label_classes > 0:
+            final_dim = cfg.final_dim if cfg.final_dim > 0 else dim
+            self.label_embs_concat = nn.Parameter(torch.rand(num_label_classes, final_dim))
+        self._init_encoder_weights()
+
+    def _init_encoder_weights(self) -> None:
+        """BERT-style init of the transformer's linears (fairseq's `init_bert_params`)."""
+        for module in self.encoder.layers.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def num_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        """Frames (50 Hz) the model makes from `num_samples` waveform samples."""
+        return output_frames(num_samples, self.cfg.conv_layers)
+
+    def forward(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        mask: bool = False,
+        max_frames: int | None = None,
+        num_layers: int | None = None,
+    ) -> TeraOutput:
+        """Run the model.
+
+        waves `[batch, sample]` 16 kHz; lengths `[batch]` valid samples (None: all valid).
+        mask: apply the training alterations (time/channel/magnitude).
+        max_frames: cut the conv features to this many frames (to align with the targets).
+        num_layers: stop after this many transformer layers.
+        """
+        if self.cfg.normalize:
+            waves = standardize(waves, lengths)
+        features, frame_lengths = self._extract(waves, lengths)
+        if max_frames is not None:
+            features = features[:, :max_frames]
+        frames = features.size(1)
+        if frame_lengths is None:
+            frame_lengths = torch.full((features.size(0),), frames, device=features.device)
+            padding_mask = None
+        else:
+            frame_lengths = frame_lengths.clamp(max=frames)
+            padding_mask = lengths_to_padding_mask(frame_lengths, frames)
+
+        features_pen = self._feature_penalty(features, padding_mask)
+        x = self.layer_norm(features)
+        if self.post_extract_proj is not None:
+            x = self.post_extract_proj(x)
+        x = self.dropout_input(x)
+
+        mask_indices = None
+        if mask:
+            x, mask_indices = self._alter(x, frame_lengths)
+        hidden_states = self.encoder(x, padding_mask, num_layers=num_layers)
+        return TeraOutput(hidden_states, padding_mask, frame_lengths, mask_indices, features_pen)
+
+    def _extract(
+        self, waves: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mult = self.cfg.feature_grad_mult
+        if mult <= 0 or not torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.feature_extractor(waves, lengths)
+        features, frame_lengths = self.feature_extractor(waves, lengths)
+        if mult != 1.0:
+            features = GradMultiply.apply(features, mult)
+        return features, frame_lengths
+
+    @staticmethod
+    def _feature_penalty(features: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean square of the conv features; unlike the reference, padding is not counted."""
+        squares = features.float().pow(2)
+        if padding_mask is None:
+            return squares.mean()
+        valid = (~padding_mask).unsqueeze(-1).float()
+        return (squares * valid).sum() / (valid.sum() * features.size(-1)).clamp(min=1.0)
+
+    def _alter(
+        self, x: torch.Tensor, frame_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        mask_indices = None
+        if cfg.mask_prob > 0:
+            mask_indices = compute_span_mask(
+                frame_lengths, x.size(1), cfg.mask_prob, cfg.mask_length
+            )
+            x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        if cfg.mask_channel_prob > 0:
+            x = mask_channels(x, cfg.mask_channel_prob, cfg.mask_channel_length)
+        if cfg.mask_noise_prob > 0:
+            x = add_magnitude_noise(x, cfg.mask_noise_prob, cfg.mask_noise_std)
+        return x, mask_indices
+
+    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Reconstruction head: `[..., dim]` -> `[..., 78]` stacked MFCC frames."""
+        return self.final_proj(hidden)
+
+
+def standardize(waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples (the reference's
+    `F.layer_norm(wav, wav.shape)`, eps 1e-5); padding stays zero."""
+    if lengths is None:
+        return torch.nn.functional.layer_norm(waves, waves.shape[-1:])
+    valid = ~lengths_to_padding_mask(lengths, waves.size(1))
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = (waves * valid).sum(dim=1, keepdim=True) / count
+    var = (((waves - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+    return (waves - mean) * torch.rsqrt(var + 1e-5) * valid
+
+
+def build_model(cfg: TeraConfig | dict, num_label_classes: int = 0) -> TeraModel:
+    """A TERA2 model from a config (a `TeraConfig` or a reference-style dict)."""
+    if isinstance(cfg, dict):
+        cfg = TeraConfig.from_dict(cfg)
+    return TeraModel(cfg, num_label_classes)

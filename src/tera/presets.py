@@ -1,0 +1,135 @@
+"""Pre-training presets: YAML data under `tera/configs/pretrain/`, plus their size and cost.
+
+A preset file states only what differs from `_common.yaml`; `load_preset` merges the two.
+The seed's file names (`tera_slim_200per_50flops_librispeech`) and short aliases (`slim`,
+`base`, `large`) are accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from tera.errors import UserError
+from tera.model.config import TARGET_DIM, TeraConfig
+
+ALIASES = {"slim_100per": "slim", "base": "base_473per", "large": "large_1582per"}
+COMMON = "_common"
+
+
+def preset_dir() -> Path:
+    return Path(str(resources.files("tera") / "configs" / "pretrain"))
+
+
+def preset_names(config_dir: Path | None = None) -> list[str]:
+    folder = Path(config_dir) if config_dir else preset_dir()
+    names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(set(names) | (set(ALIASES) if config_dir is None else set()))
+
+
+def canonical_name(name: str) -> str:
+    """`tera_slim_200per_50flops_librispeech.yaml` -> `slim_200per_50flops`; aliases resolved."""
+    name = Path(name).name.removesuffix(".yaml")
+    name = name.removeprefix("tera_").removesuffix("_librispeech")
+    return ALIASES.get(name, name)
+
+
+def load_preset(name: str, config_dir: str | Path | None = None) -> DictConfig:
+    """The merged training config of a preset (`_common.yaml` + the preset's file).
+
+    With `config_dir`, the preset is looked up there first (its own `_common.yaml` if it has
+    one, else the packaged one), then among the packaged presets.
+    """
+    canonical = canonical_name(name)
+    folders = ([Path(config_dir)] if config_dir else []) + [preset_dir()]
+    for folder in folders:
+        for stem in (Path(name).name.removesuffix(".yaml"), canonical):
+            path = folder / f"{stem}.yaml"
+            if path.is_file():
+                common = folder / f"{COMMON}.yaml"
+                if not common.is_file():
+                    common = preset_dir() / f"{COMMON}.yaml"
+                return OmegaConf.merge(_read_yaml(common), _read_yaml(path))
+    raise UserError(
+        f"unknown preset {name!r}; known presets: {', '.join(preset_names())}"
+        + (f" (also looked in {config_dir})" if config_dir else "")
+    )
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # omegaconf/yaml raise many types; all mean "bad file"
+        raise UserError(f"{path}: not a valid YAML config: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return cfg
+
+
+def model_config(cfg: DictConfig) -> TeraConfig:
+    """The `TeraConfig` of a merged training config (its `model` section)."""
+    return TeraConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+@dataclass
+class ModelCost:
+    """Size and forward cost of a model. FLOPs count a multiply-add as 2."""
+
+    parameters: int
+    flops_per_second: float  # forward FLOPs per second of 16 kHz audio
+    conv_flops_per_second: float
+    transformer_flops_per_second: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def count_parameters(cfg: TeraConfig) -> int:
+    """Trainable parameters of the model built from `cfg` (label_embs_concat excluded)."""
+    import torch
+
+    from tera.model.tera import TeraModel
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = TeraModel(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(cfg: TeraConfig, num_samples: int, sample_rate: int = 16000) -> dict[str, float]:
+    """Forward FLOPs of one utterance of `num_samples` samples, by part.
+
+    conv: the feature extractor; transformer: projection, positional conv, attention
+    (including the T² score and mixing products) and feed-forward layers, and final_proj.
+    """
+    del sample_rate
+    conv = 0.0
+    frames = num_samples
+    in_channels = 1
+    for channels, kernel, stride in cfg.conv_layers:
+        frames = (frames - kernel) // stride + 1
+        conv += 2.0 * frames * in_channels * kernel * channels
+        in_channels = channels
+    t, d, f = float(frames), cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+    projection = 2.0 * t * in_channels * d if in_channels != d else 0.0
+    pos_conv = 2.0 * t * d * (d // cfg.conv_pos_groups) * cfg.conv_pos
+    per_layer = 2.0 * t * (4 * d * d + 2 * d * f) + 2.0 * 2 * t * t * d
+    head = 2.0 * t * d * TARGET_DIM
+    transformer = projection + pos_conv + cfg.encoder_layers * per_layer + head
+    return {"conv": conv, "transformer": transformer, "total": conv + transformer, "frames": t}
+
+
+def model_cost(cfg: TeraConfig, utterance_seconds: float = 15.625) -> ModelCost:
+    """Parameters and forward FLOPs per second of audio, for utterances of the given length
+    (attention grows with length; the default is the 250000-sample training crop)."""
+    samples = int(round(utterance_seconds * 16000))
+    flops = forward_flops(cfg, samples)
+    seconds = samples / 16000
+    return ModelCost(
+        parameters=count_parameters(cfg),
+        flops_per_second=flops["total"] / seconds,
+        conv_flops_per_second=flops["conv"] / seconds,
+        transformer_flops_per_second=flops["transformer"] / seconds,
+    )
