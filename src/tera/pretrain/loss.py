@@ -1,0 +1,54 @@
+"""The TERA2 objective: L1 reconstruction of stacked MFCC frames at the masked positions,
+plus the weighted feature penalty (SPEC §1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tera.audio import tera_targets
+from tera.model.tera import TeraModel
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # the value to back-propagate (reconstruction + weight * penalty)
+    reconstruction: torch.Tensor  # mean L1 over masked, non-padded frames and all 78 dims
+    features_pen: torch.Tensor
+    masked_frames: int
+    frames: int  # non-padded frames that entered the encoder
+
+
+def tera_loss(
+    model: TeraModel,
+    waves: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    feature_pen_weight: float = 10.0,
+) -> LossOutput:
+    """Forward with masking and compute the loss for a batch.
+
+    waves `[batch, sample]`, lengths `[batch]` valid samples. Targets come from the clean
+    waveform (the alterations act on the encoder input only); features and targets are cut to
+    the shorter of the two sequences, as the reference does.
+    """
+    targets, target_lengths = tera_targets(waves, lengths)
+    output = model(waves, lengths, mask=True, max_frames=targets.size(1))
+    frames = output.last_hidden_state.size(1)
+    targets = targets[:, :frames]
+    valid = torch.arange(frames, device=waves.device) < torch.minimum(
+        output.frame_lengths, target_lengths
+    ).unsqueeze(1)
+    selected = valid if output.mask_indices is None else valid & output.mask_indices
+    predictions = model.predict(output.last_hidden_state[selected]).float()
+    reconstruction = F.l1_loss(predictions, targets[selected].float())
+    loss = reconstruction + feature_pen_weight * output.features_pen
+    return LossOutput(
+        loss=loss,
+        reconstruction=reconstruction.detach(),
+        features_pen=output.features_pen.detach(),
+        masked_frames=int(selected.sum()),
+        frames=int(valid.sum()),
+    )
