@@ -167,7 +167,9 @@ class ConvFeatureExtractor(nn.Module):
         self, waves: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if waves.dim() != 2:
-            raise UserError(f"expected waveforms of shape [batch, sample], got {tuple(waves.shape)}")
+            raise UserError(
+                f"expected waveforms of shape [batch, sample], got {tuple(waves.shape)}"
+            )
         x = waves.unsqueeze(-1)
         for block in self.conv_layers:
             x, lengths = block(x, lengths)
@@ -294,9 +296,9 @@ class TransformerEncoder(nn.Module):
 
     `forward` returns every hidden state: h_0 is the input of the first layer, h_i the
     output of layer i, the last one the encoder's output (after the final LayerNorm in
-    pre-LN), as s3prl's tera2 upstream reports them (SPEC §2). The reference pads the sequence to an even length before the
-    layers; that frame is masked out of attention and dropped again, so it changes nothing
-    and is not reproduced here.
+    pre-LN), as s3prl's tera2 upstream reports them (SPEC §2). The reference pads the
+    sequence to an even length before the layers; that frame is masked out of attention and
+    dropped again, so it changes nothing and is not reproduced here.
     """
 
     def __init__(self, dim: int, ffn_dim: int, layers: int, heads: int, conv_pos: int,
