@@ -6,8 +6,6 @@ import argparse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from tera.corpora.commands import add_corpus_commands
     from tera.inference import add_inference_commands
 
-    add_inference_commands(sub)  # extract, info
-    add_corpus_commands(sub)  # corpus synth, corpus check
+    add_inference_commands(sub)  # extract, info, convert
