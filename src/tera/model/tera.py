@@ -32,6 +32,7 @@ class TeraOutput:
     frame_lengths: `[batch]` valid frames per utterance.
     mask_indices: `[batch, frame]`, True on time-masked frames (None without masking).
     features_pen: mean square of the conv features over valid frames (scalar, float32).
+    predictions: `[batch, frame, 78]` reconstruction head output (with `predict=True`).
     """
 
     hidden_states: list[torch.Tensor]
@@ -39,6 +40,7 @@ class TeraOutput:
     frame_lengths: torch.Tensor
     mask_indices: torch.Tensor | None
     features_pen: torch.Tensor
+    predictions: torch.Tensor | None = None
 
     @property
     def last_hidden_state(self) -> torch.Tensor:
@@ -98,6 +100,7 @@ class TeraModel(nn.Module):
         mask: bool = False,
         max_frames: int | None = None,
         num_layers: int | None = None,
+        predict: bool = False,
     ) -> TeraOutput:
         """Run the model.
 
@@ -105,6 +108,8 @@ class TeraModel(nn.Module):
         mask: apply the training alterations (time/channel/magnitude).
         max_frames: cut the conv features to this many frames (to align with the targets).
         num_layers: stop after this many transformer layers.
+        predict: also apply the reconstruction head (inside forward, so that data-parallel
+        wrappers see every parameter used).
         """
         if self.cfg.normalize:
             waves = standardize(waves, lengths)
@@ -129,7 +134,10 @@ class TeraModel(nn.Module):
         if mask:
             x, mask_indices = self._alter(x, frame_lengths)
         hidden_states = self.encoder(x, padding_mask, num_layers=num_layers)
-        return TeraOutput(hidden_states, padding_mask, frame_lengths, mask_indices, features_pen)
+        predictions = self.final_proj(hidden_states[-1]) if predict else None
+        return TeraOutput(
+            hidden_states, padding_mask, frame_lengths, mask_indices, features_pen, predictions
+        )
 
     def _extract(
         self, waves: torch.Tensor, lengths: torch.Tensor | None

@@ -22,7 +22,7 @@ class LossOutput:
 
 
 def tera_loss(
-    model: TeraModel,
+    model: TeraModel | torch.nn.parallel.DistributedDataParallel,
     waves: torch.Tensor,
     lengths: torch.Tensor | None = None,
     *,
@@ -35,14 +35,14 @@ def tera_loss(
     the shorter of the two sequences, as the reference does.
     """
     targets, target_lengths = tera_targets(waves, lengths)
-    output = model(waves, lengths, mask=True, max_frames=targets.size(1))
+    output = model(waves, lengths, mask=True, max_frames=targets.size(1), predict=True)
     frames = output.last_hidden_state.size(1)
     targets = targets[:, :frames]
     valid = torch.arange(frames, device=waves.device) < torch.minimum(
         output.frame_lengths, target_lengths
     ).unsqueeze(1)
     selected = valid if output.mask_indices is None else valid & output.mask_indices
-    predictions = model.predict(output.last_hidden_state[selected]).float()
+    predictions = output.predictions[selected].float()
     reconstruction = F.l1_loss(predictions, targets[selected].float())
     loss = reconstruction + feature_pen_weight * output.features_pen
     return LossOutput(

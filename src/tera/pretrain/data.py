@@ -1,0 +1,171 @@
+"""Pre-training data: fairseq manifests, random crops, and batches bounded by `max_tokens`.
+
+Everything random here is a pure function of (seed, epoch, index), so a resumed run sees
+exactly the batches and crops it would have seen, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from tera.audio import audio_info, load_audio
+from tera.errors import UserError
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def write_manifest(root: str | Path, out_dir: str | Path, valid_percent: float = 0.01,
+                   extensions: tuple[str, ...] = ("flac", "wav"), seed: int = 42
+                   ) -> dict[str, int]:
+    """Write `train.tsv` / `valid.tsv` for every audio file under `root`.
+
+    Lengths come from the file headers (no decoding). Files that are not 16 kHz are listed
+    with their length at 16 kHz (they are resampled when read). Returns counts per split.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder")
+    files = sorted(p for ext in extensions for p in root.rglob(f"*.{ext.lstrip('.')}"))
+    if not files:
+        raise UserError(f"{root}: no audio files with extension {', '.join(extensions)}")
+    entries = []
+    for path in files:
+        frames, rate, _ = audio_info(path)
+        entries.append((path.relative_to(root).as_posix(), frames * 16000 // rate))
+    rng = random.Random(seed)
+    valid = {i for i in range(len(entries)) if rng.random() < valid_percent}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, keep in (("train", lambda i: i not in valid), ("valid", lambda i: i in valid)):
+        lines = [str(root)] + [f"{rel}\t{n}" for i, (rel, n) in enumerate(entries) if keep(i)]
+        (out_dir / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    return {"train": len(entries) - len(valid), "valid": len(valid)}
+
+
+def read_manifest(path: str | Path) -> tuple[Path, list[tuple[str, int]]]:
+    """(root, [(relative path, num_samples)]) from a fairseq `.tsv`, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found (make one with `tera manifest ROOT -o DIR`)")
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].strip():
+        raise UserError(f"{path}: empty manifest: the first line must be the audio root folder")
+    entries = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[1].strip().isdigit():
+            raise UserError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', "
+                            f"got {line!r}")
+        entries.append((parts[0], int(parts[1])))
+    return Path(lines[0].strip()), entries
+
+
+# --- dataset -----------------------------------------------------------------------------
+
+
+class CroppedAudio(Dataset):
+    """Utterances of a manifest at least `min_sample_size` long, randomly cropped to at most
+    `max_sample_size` samples (the crop offset depends on seed, epoch and index only)."""
+
+    def __init__(self, manifest: str | Path, max_sample_size: int, min_sample_size: int,
+                 random_crop: bool = True, seed: int = 0) -> None:
+        self.root, entries = read_manifest(manifest)
+        kept = [(rel, n) for rel, n in entries if n >= min_sample_size]
+        if not kept:
+            raise UserError(f"{manifest}: no utterance is at least {min_sample_size} samples "
+                            f"long ({len(entries)} listed)")
+        self.files = [rel for rel, _ in kept]
+        self.sizes = np.array([n for _, n in kept])
+        self.dropped = len(entries) - len(kept)
+        self.max_sample_size, self.random_crop, self.seed = max_sample_size, random_crop, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def crop_sizes(self) -> np.ndarray:
+        return np.minimum(self.sizes, self.max_sample_size)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        wave = load_audio(self.root / self.files[index])
+        excess = len(wave) - self.max_sample_size
+        if excess <= 0:
+            return wave
+        start = 0
+        if self.random_crop:
+            start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+        return wave[start : start + self.max_sample_size]
+
+
+def collate(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest: (waves `[batch, sample]`, lengths `[batch]`)."""
+    lengths = torch.tensor([len(w) for w in waves])
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths
+
+
+# --- batching ----------------------------------------------------------------------------
+
+
+def length_batches(sizes: np.ndarray, max_tokens: int) -> list[list[int]]:
+    """Sort by length and cut into batches whose padded size (count x longest) stays within
+    `max_tokens`; an utterance longer than `max_tokens` is an error."""
+    if sizes.size and sizes.max() > max_tokens:
+        raise UserError(f"an utterance of {int(sizes.max())} samples exceeds dataset.max_tokens "
+                        f"= {max_tokens}; raise max_tokens or lower task.max_sample_size")
+    order = np.argsort(-sizes, kind="stable")
+    batches, current, longest = [], [], 0
+    for index in order.tolist():
+        longest_if_added = max(longest, int(sizes[index]))
+        if current and longest_if_added * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_if_added = [], int(sizes[index])
+        current.append(index)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class SamplerState:
+    epoch: int = 0
+    position: int = 0  # batches of this rank already consumed in this epoch
+
+
+class LengthBatchSampler(Sampler[list[int]]):
+    """Length-bucketed batches in a seeded random order, sharded by rank.
+
+    Every rank gets the same number of batches per epoch (the tail that does not divide by
+    the world size is dropped), so data-parallel steps stay in lockstep.
+    """
+
+    def __init__(self, sizes: np.ndarray, max_tokens: int, seed: int, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True) -> None:
+        self.batches = length_batches(sizes, max_tokens)
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.state = SamplerState()
+        if len(self.batches) < world_size:
+            raise UserError(f"only {len(self.batches)} batches for {world_size} processes: "
+                            "the data set is too small for this many workers")
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = list(range(len(self.batches)))
+        if self.shuffle:
+            random.Random(self.seed * 100003 + epoch).shuffle(order)
+        per_rank = len(order) // self.world_size
+        mine = order[self.rank :: self.world_size][:per_rank]
+        return [self.batches[i] for i in mine]
+
+    def __len__(self) -> int:
+        return len(self.batches) // self.world_size
+
+    def __iter__(self):
+        yield from self.epoch_batches(self.state.epoch)[self.state.position :]

@@ -1,0 +1,45 @@
+"""The compute planner: how many updates make a run cost the same as a budget run.
+
+Training FLOPs per update = 3 x forward FLOPs (backward ~ 2 x forward) of one batch of
+`max_tokens` samples, counted as `max_tokens / max_sample_size` crops of `max_sample_size`
+samples (the published runs crop to 250000 samples, and LibriSpeech utterances are mostly
+longer than the 32000-sample floor). The number of GPUs cancels: every run of a study uses
+the same world size.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from tera.presets import forward_flops, load_preset, model_config
+
+
+def flops_per_update(cfg: DictConfig) -> float:
+    crop = int(cfg.task.max_sample_size)
+    crops_per_batch = int(cfg.dataset.max_tokens) / crop
+    update_freq = int(cfg.optimization.update_freq)
+    return 3.0 * crops_per_batch * forward_flops(model_config(cfg), crop)["total"] * update_freq
+
+
+def plan(cfg: DictConfig, budget: DictConfig | None = None, fraction: float = 1.0) -> dict:
+    """`max_update` for `cfg` so that it spends `fraction` x the budget run's training FLOPs
+    (the budget run defaults to `cfg` itself at its own `max_update`)."""
+    budget = budget if budget is not None else cfg
+    budget_flops = flops_per_update(budget) * int(budget.optimization.max_update) * fraction
+    per_update = flops_per_update(cfg)
+    max_update = max(1, round(budget_flops / per_update))
+    return {
+        "max_update": max_update,
+        "flops_per_update": per_update,
+        "total_flops": per_update * max_update,
+        "budget_flops": budget_flops,
+        "preset_max_update": int(cfg.optimization.max_update),
+    }
+
+
+def plan_presets(preset: str, budget_of: str | None = None, fraction: float = 1.0) -> dict:
+    cfg = load_preset(preset)
+    budget = load_preset(budget_of) if budget_of else None
+    result = plan(cfg, budget, fraction)
+    result.update(preset=preset, budget_of=budget_of or preset, fraction=fraction)
+    return result
