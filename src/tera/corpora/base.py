@@ -1,0 +1,46 @@
+"""What every corpus loader returns: utterances (a file or a segment of one) with labels."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tera.audio import load_audio
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One labelled piece of audio.
+
+    text: ASR transcript (upper-case words); phones: phone tokens (PR); label: the class of
+    KS (one of the 12) or SID (the speaker). offset / num_samples select a segment of the
+    file (the `_silence_` items of Speech Commands are 1 s cuts of background noise).
+    """
+
+    id: str
+    path: Path
+    speaker: str = ""
+    text: str | None = None
+    phones: tuple[str, ...] | None = None
+    label: str | None = None
+    offset: int = 0
+    num_samples: int | None = None
+
+
+def read_segment(utt: Utterance) -> torch.Tensor:
+    """The utterance's audio: 1-D float32 at 16 kHz (see `tera.audio.load_audio`)."""
+    wave = load_audio(utt.path)
+    end = None if utt.num_samples is None else utt.offset + utt.num_samples
+    return wave[utt.offset : end]
+
+
+def tera_home() -> Path:
+    return Path(os.environ.get("TERA_SPEECH_HOME", Path.home() / ".cache" / "tera-speech"))
+
+
+def default_corpus_dir(preset: str = "default") -> Path:
+    """Where `tera corpus synth` puts the embedded corpus unless told otherwise."""
+    return tera_home() / f"corpus-{preset}"

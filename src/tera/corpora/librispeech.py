@@ -1,0 +1,78 @@
+"""LibriSpeech layout: ROOT/<split>/<speaker>/<chapter>/<speaker>-<chapter>-<n>.flac with one
+`<speaker>-<chapter>.trans.txt` per chapter ("ID WORDS" lines, upper-case words).
+
+Phone transcripts (for phoneme recognition) come from `<speaker>-<chapter>.phones.txt` when
+the folder has one (the embedded corpus writes the phones its engine spoke), else from the
+CMU pronouncing dictionary (see `tera.corpora.lexicon`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tera.corpora.base import Utterance
+from tera.errors import UserError
+
+AUDIO_EXTENSIONS = (".flac", ".wav")
+
+
+def load_split(root: str | Path, split: str, *, with_phones: bool = False) -> list[Utterance]:
+    """Every utterance of `ROOT/split` with its transcript (and phones if asked)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such LibriSpeech split folder")
+    transcripts = sorted(folder.glob("*/*/*.trans.txt"))
+    if not transcripts:
+        raise UserError(f"{folder}: no <speaker>/<chapter>/*.trans.txt transcripts found")
+    utterances = []
+    for trans in transcripts:
+        lines = _read_id_lines(trans)
+        phones = _read_id_lines(trans.with_name(trans.name.replace(".trans.txt", ".phones.txt")))
+        for utt_id, words in lines.items():
+            audio = _audio_file(trans.parent, utt_id)
+            if audio is None:
+                raise UserError(f"{trans}: transcript line {utt_id} has no audio file "
+                                f"{utt_id}.flac or .wav")
+            utterances.append(Utterance(
+                id=utt_id, path=audio, speaker=utt_id.split("-")[0], text=words,
+                phones=tuple(phones[utt_id].split()) if utt_id in phones else None,
+            ))
+        for audio in sorted(p for p in trans.parent.iterdir() if p.suffix in AUDIO_EXTENSIONS):
+            if audio.stem not in lines:
+                raise UserError(f"{audio}: no line for {audio.stem} in {trans.name}")
+    if with_phones and any(u.phones is None for u in utterances):
+        from tera.corpora.lexicon import add_lexicon_phones
+
+        utterances = add_lexicon_phones(utterances)
+    return utterances
+
+
+def _read_id_lines(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    entries = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise UserError(f"{path}:{number}: expected 'UTTERANCE-ID TEXT', got {line!r}")
+        entries[parts[0]] = parts[1]
+    return entries
+
+
+def _audio_file(folder: Path, utt_id: str) -> Path | None:
+    for ext in AUDIO_EXTENSIONS:
+        if (folder / f"{utt_id}{ext}").is_file():
+            return folder / f"{utt_id}{ext}"
+    return None
+
+
+def phone_inventory(utterances: list[Utterance]) -> list[str]:
+    """The sorted set of phone tokens used by the utterances."""
+    return sorted({p for u in utterances for p in (u.phones or ())})
+
+
+def characters(utterances: list[Utterance]) -> list[str]:
+    """The sorted character set of the transcripts (space included), for CTC over letters."""
+    return sorted({c for u in utterances for c in (u.text or "")})

@@ -1,0 +1,180 @@
+"""The embedded corpus and the loaders of the real layouts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tera.cli import main
+from tera.corpora import librispeech, read_segment, speech_commands, voxceleb1
+from tera.corpora.check import check_corpus
+from tera.corpora.lexicon import word_phones
+from tera.corpora.synthetic import synthesize
+from tera.errors import UserError
+
+from .paths import FLAC
+
+
+# --- the embedded corpus, read through the real loaders ---------------------------------
+
+
+def test_small_corpus_librispeech_part(small_corpus):
+    root = small_corpus / "librispeech"
+    splits = {s: librispeech.load_split(root, s, with_phones=True) for s in ("train", "dev", "test")}
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [30, 6, 6]
+    speakers = {s: {u.speaker for u in utts} for s, utts in splits.items()}
+    assert not speakers["train"] & speakers["test"]
+    for utt in splits["train"][:5]:
+        assert utt.text and utt.text == utt.text.upper() and utt.phones
+        assert "'" not in "".join(utt.phones)
+        wave = read_segment(utt)
+        assert wave.dtype.is_floating_point and 16000 < len(wave) < 16000 * 12
+    assert len(librispeech.phone_inventory(splits["train"])) > 20
+
+
+def test_small_corpus_speech_commands_part(small_corpus):
+    root = small_corpus / "speech_commands"
+    for split in ("train", "valid", "test"):
+        items = speech_commands.load_split(root, split)
+        assert {u.label for u in items} == set(speech_commands.CLASSES), split
+        silence = [u for u in items if u.label == "_silence_"]
+        assert len(read_segment(silence[0])) == 16000
+    train = {u.id for u in speech_commands.load_split(root, "train")}
+    test = {u.id for u in speech_commands.load_split(root, "test")}
+    assert not train & test
+
+
+def test_small_corpus_voxceleb_part(small_corpus):
+    root = small_corpus / "voxceleb1"
+    splits = {s: voxceleb1.load_identification(root, s) for s in ("train", "dev", "test")}
+    assert {u.label for u in splits["train"]} == {u.label for u in splits["test"]}
+    trials = voxceleb1.load_trials(root)
+    assert {label for label, _, _ in trials} == {0, 1}
+    trial_speakers = {u.speaker for _, a, b in trials for u in (a, b)}
+    dev_speakers = {u.speaker for _, a, b in voxceleb1.load_trials(root, "veri_dev.txt")
+                    for u in (a, b)}
+    training = {u.speaker for u in voxceleb1.load_verification_train(root)}
+    assert not trial_speakers & training and not dev_speakers & training
+    assert not trial_speakers & dev_speakers
+
+
+def test_corpus_summary_and_check(small_corpus, capsys):
+    summary = json.loads((small_corpus / "summary.json").read_text())
+    assert summary["preset"] == "small" and summary["hours"]["total"] > 0.05
+    report = check_corpus(small_corpus)
+    assert report.problems == []
+    assert main(["corpus", "check", str(small_corpus)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+
+
+def test_generation_is_deterministic_and_idempotent(small_corpus, tmp_path):
+    again = tmp_path / "again"
+    synthesize(again, "small", seed=0, progress=False)
+    for rel in ("librispeech/train/100/1100/100-1100-0000.flac", "voxceleb1/veri_test2.txt",
+                "librispeech/train/100/1100/100-1100.phones.txt"):
+        assert _digest(again / rel) == _digest(small_corpus / rel), rel
+    stamp = (again / "summary.json").stat().st_mtime
+    synthesize(again, "small", seed=0, progress=False)  # already there: nothing redone
+    assert (again / "summary.json").stat().st_mtime == stamp
+    with pytest.raises(UserError, match="seed 0"):
+        synthesize(again, "small", seed=1, progress=False)
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_corpus_carries_speaker_and_keyword_signal(small_corpus):
+    from benchmarks.corpus_signal import measure
+
+    figures = measure(small_corpus)
+    assert figures["sid_accuracy"] > 1.5 * figures["sid_chance"]
+    assert figures["ks_accuracy"] > 1.5 * figures["ks_chance"]
+
+
+# --- hand-built trees in the real layouts -------------------------------------------------
+
+
+def test_hand_built_librispeech_tree(tmp_path):
+    chapter = tmp_path / "dev-clean" / "6313" / "76958"
+    chapter.mkdir(parents=True)
+    shutil.copy(FLAC, chapter / "6313-76958-0021.flac")
+    (chapter / "6313-76958.trans.txt").write_text(
+        "6313-76958-0021 KEEP A GOING AN IF YOU'RE LUCKY YOU'LL RUN PLUMB INTO THEM XYZZY\n")
+    (utt,) = librispeech.load_split(tmp_path, "dev-clean", with_phones=True)
+    assert utt.speaker == "6313" and utt.text.startswith("KEEP A GOING")
+    assert utt.phones[:4] == ("K", "IY", "P", "AH")  # KEEP A, stress digits removed
+    assert len(read_segment(utt)) == 190800
+
+    (chapter / "6313-76958-0022.flac").write_bytes((chapter / "6313-76958-0021.flac").read_bytes())
+    with pytest.raises(UserError, match="6313-76958-0022.flac: no line"):
+        librispeech.load_split(tmp_path, "dev-clean")
+    (chapter / "6313-76958-0022.flac").unlink()
+    (chapter / "6313-76958.trans.txt").write_text("6313-76958-0021 A\n6313-76958-0030 B\n")
+    with pytest.raises(UserError, match="0030 has no audio"):
+        librispeech.load_split(tmp_path, "dev-clean")
+
+
+def test_out_of_lexicon_words_are_spelled():
+    phones, known = word_phones("QWXZ")
+    assert not known
+    assert phones == sum((word_phones(letter)[0] for letter in "qwxz"), [])
+
+
+def _tone(path, seconds=1.0, rate=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, 0.1 * np.sin(2 * np.pi * 300 * t), rate)
+
+
+def test_hand_built_speech_commands_tree(tmp_path):
+    for rel in ("yes/aa_nohash_0.wav", "yes/bb_nohash_0.wav", "bird/aa_nohash_0.wav",
+                "no/cc_nohash_0.wav", "_background_noise_/noise.wav"):
+        _tone(tmp_path / rel, seconds=4.0 if "noise" in rel else 1.0)
+    (tmp_path / "validation_list.txt").write_text("yes/bb_nohash_0.wav\n")
+    (tmp_path / "testing_list.txt").write_text("no/cc_nohash_0.wav\n")
+    train = speech_commands.load_split(tmp_path, "train")
+    labels = {u.id: u.label for u in train}
+    assert labels["yes/aa_nohash_0.wav"] == "yes" and labels["bird/aa_nohash_0.wav"] == "_unknown_"
+    assert "no/cc_nohash_0.wav" not in labels
+    assert [u.label for u in speech_commands.load_split(tmp_path, "test")][0] == "no"
+
+    release = tmp_path / "test"
+    _tone(release / "_silence_" / "s.wav")
+    _tone(release / "left" / "x.wav")
+    assert {u.label for u in speech_commands.load_split(tmp_path, "test")} == {"_silence_", "left"}
+    _tone(release / "dinosaur" / "x.wav")
+    with pytest.raises(UserError, match="dinosaur: unknown class folder"):
+        speech_commands.load_split(tmp_path, "test")
+    (tmp_path / "testing_list.txt").unlink()
+    with pytest.raises(UserError, match="testing_list.txt: missing"):
+        speech_commands.load_split(tmp_path, "train")
+
+
+def test_hand_built_voxceleb_tree_and_check_problems(tmp_path):
+    for rel in ("id10001/aaa/00001.wav", "id10001/aaa/00002.wav", "id10002/bbb/00001.wav",
+                "id10270/ccc/00001.wav", "id10270/ccc/00002.wav"):
+        _tone(tmp_path / "wav" / rel, seconds=2.0)
+    (tmp_path / "iden_split.txt").write_text(
+        "1 id10001/aaa/00001.wav\n3 id10001/aaa/00002.wav\n1 id10002/bbb/00001.wav\n")
+    (tmp_path / "veri_test2.txt").write_text(
+        "1 id10270/ccc/00001.wav id10270/ccc/00002.wav\n0 id10270/ccc/00001.wav "
+        "id10001/aaa/00001.wav\n")
+    assert [u.label for u in voxceleb1.load_identification(tmp_path, "test")] == ["id10001"]
+    assert {u.speaker for u in voxceleb1.load_verification_train(tmp_path)} == {"id10002"}
+    assert len(voxceleb1.load_trials(tmp_path)) == 2
+
+    sf.write(tmp_path / "wav" / "id10002" / "bbb" / "00001.wav", np.zeros(0), 16000)
+    _tone(tmp_path / "wav" / "id10001" / "aaa" / "00001.wav", rate=8000)
+    report = check_corpus(tmp_path)
+    problems = "\n".join(report.problems)
+    assert "00001.wav: empty audio" in problems
+    assert "sample rate 8000 Hz" in problems
+    assert "1 trial speakers also appear" in "\n".join(report.lines)  # VoxCeleb1 style: a note
+    (tmp_path / "veri_dev.txt").write_text("1 id10270/ccc/00001.wav id10270/ccc/00002.wav\n")
+    assert "training split of iden_split.txt: id10001" in "\n".join(check_corpus(tmp_path).problems)
