@@ -19,13 +19,13 @@ from tera.errors import UserError
 
 from .paths import FLAC
 
-
 # --- the embedded corpus, read through the real loaders ---------------------------------
 
 
 def test_small_corpus_librispeech_part(small_corpus):
     root = small_corpus / "librispeech"
-    splits = {s: librispeech.load_split(root, s, with_phones=True) for s in ("train", "dev", "test")}
+    splits = {s: librispeech.load_split(root, s, with_phones=True)
+              for s in ("train", "dev", "test")}
     assert [len(splits[s]) for s in ("train", "dev", "test")] == [30, 6, 6]
     speakers = {s: {u.speaker for u in utts} for s, utts in splits.items()}
     assert not speakers["train"] & speakers["test"]

@@ -51,11 +51,15 @@ def check_corpus(root: str | Path) -> Report:
 
 
 def _splits(kind: str, folder: Path, report: Report) -> dict[str, list[Utterance]]:
+    def voxceleb(split: str) -> list[Utterance]:
+        if split in voxceleb1.SPLIT_CODES:
+            return voxceleb1.load_identification(folder, split)
+        return voxceleb1.load_verification_train(folder)
+
     loaders = {
         "librispeech": lambda s: librispeech.load_split(folder, s),
         "speech_commands": lambda s: speech_commands.load_split(folder, s),
-        "voxceleb1": lambda s: (voxceleb1.load_identification(folder, s) if s in
-                                voxceleb1.SPLIT_CODES else voxceleb1.load_verification_train(folder)),
+        "voxceleb1": voxceleb,
     }[kind]
     names = {
         "librispeech": sorted(p.name for p in folder.iterdir() if p.is_dir()),

@@ -217,7 +217,8 @@ def voxceleb_jobs(root: Path, preset: Preset, seed: int) -> tuple[list[Job], dic
                 for n in range(utts):
                     rel = f"{speaker.name}/{video}/{n + 1:05d}.wav"
                     rng = random.Random(f"{seed}/vox/{rel}")
-                    text = " ".join(sentence(rng) for _ in range(preset.sentences_per_vox_utterance))
+                    sentences = preset.sentences_per_vox_utterance
+                    text = " ".join(sentence(rng) for _ in range(sentences))
                     jobs.append(Job(root / "wav" / rel, speaker, text, (seed, rel)))
                     listing[group].append((speaker.name, rel, n))
         start += count
@@ -226,7 +227,7 @@ def voxceleb_jobs(root: Path, preset: Preset, seed: int) -> tuple[list[Job], dic
 
 def write_voxceleb_lists(root: Path, listing: dict, seed: int) -> None:
     lines = []
-    for speaker, rel, n in listing["iden"]:
+    for _, rel, n in listing["iden"]:
         code = {0: "3", 1: "2"}.get(n, "1")  # utterance 1 test, 2 dev, the rest train
         lines.append(f"{code} {rel}")
     (root / "iden_split.txt").write_text("\n".join(lines) + "\n")
@@ -234,7 +235,7 @@ def write_voxceleb_lists(root: Path, listing: dict, seed: int) -> None:
         rng = random.Random(f"{seed}/trials/{group}")
         utts = listing[group]
         trials = []
-        for i, (speaker, rel, _) in enumerate(utts):
+        for speaker, rel, _ in utts:
             same = [r for s, r, _ in utts if s == speaker and r != rel]
             other = [r for s, r, _ in utts if s != speaker]
             for partner in rng.sample(same, min(2, len(same))):
