@@ -1,0 +1,51 @@
+"""`tera downstream`, with s3prl's `run_downstream.py` flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "downstream", help="train / evaluate a SUPERB task (s3prl's run_downstream flags)",
+        description="Examples: tera downstream -m train -d ks -u tera2 -k ckpt.pt -n ks_run; "
+        "tera downstream -m evaluate -e result/downstream/ks_run/dev-best.ckpt",
+    )
+    p.add_argument("-m", "--mode", choices=["train", "evaluate"], default="train")
+    p.add_argument("-d", "--downstream", help="asr, pr, ks, sid, asv (or s3prl's ctc, "
+                   "speech_commands, voxceleb1, sv_voxceleb1)")
+    p.add_argument("-u", "--upstream", default="tera2", choices=["tera2", "fbank", "mfcc"])
+    p.add_argument("-k", "--upstream-ckpt", help="TERA checkpoint in any format")
+    p.add_argument("--upstream-preset", default="slim",
+                   help="size of the random TERA used when -u tera2 has no -k")
+    p.add_argument("-n", "--expname", help="run name: result/downstream/NAME")
+    p.add_argument("-p", "--expdir", help="run folder (instead of -n)")
+    p.add_argument("-c", "--config", help="recipe YAML (default: the task's SUPERB recipe)")
+    p.add_argument("-o", "--override", help='"config.optimizer.lr=1e-4,,config.runner.'
+                   'total_steps=1000"')
+    p.add_argument("-e", "--init-ckpt", help="downstream checkpoint to evaluate or resume")
+    p.add_argument("-t", "--evaluate-split", help="split to evaluate (default: test)")
+    p.add_argument("--data-root", help="corpus folder (default: the embedded corpus)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-cache", action="store_true", help="recompute upstream features")
+    p.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from tera.downstream.runner import parse_overrides, run
+    from tera.errors import UserError
+
+    if args.init_ckpt is None and args.downstream is None:
+        raise UserError("-d TASK is needed to train (or -e CHECKPOINT to evaluate / resume)")
+    results = run(
+        args.downstream or "", mode=args.mode, upstream=args.upstream,
+        upstream_ckpt=args.upstream_ckpt, name=args.expname, expdir=args.expdir,
+        config=args.config, overrides=parse_overrides(args.override), data_root=args.data_root,
+        init_ckpt=args.init_ckpt, test_split=args.evaluate_split, seed=args.seed,
+        cache=not args.no_cache, device=args.device, upstream_preset=args.upstream_preset,
+    )
+    print(json.dumps({k: results[k] for k in ("task", "metric", "value", "split",
+                                               "checkpoint")}))
+    return 0

@@ -1,0 +1,116 @@
+"""Frozen-upstream features for downstream training: computed once per utterance, cached,
+and batched by total length.
+
+The cache keys an utterance's hidden states by the upstream's identity (a hash of its
+weights and options) and the audio segment (path, offset, length). States are kept in
+memory as float16 up to `max_memory_bytes`, then written under the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tera.audio import audio_info
+from tera.corpora import Utterance, read_segment
+from tera.pretrain.data import length_batches
+from tera.upstream import Upstream
+
+
+def segment_samples(utt: Utterance) -> int:
+    if utt.num_samples is not None:
+        return utt.num_samples
+    frames, rate, _ = audio_info(utt.path)
+    return frames * 16000 // rate
+
+
+class FeatureCache:
+    def __init__(self, upstream: Upstream, folder: Path | None, enabled: bool = True,
+                 max_memory_bytes: int = 4 << 30) -> None:
+        self.upstream, self.folder, self.enabled = upstream, folder, enabled
+        self.max_memory_bytes = max_memory_bytes
+        self.identity = upstream.identity() if enabled else ""
+        self.memory: dict[tuple, torch.Tensor] = {}
+        self.memory_bytes = 0
+        self.hits = self.misses = 0
+
+    def _key(self, utt: Utterance) -> tuple:
+        return (self.identity, str(utt.path), utt.offset, utt.num_samples)
+
+    def _disk_path(self, key: tuple) -> Path | None:
+        if self.folder is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+        return self.folder / digest[:2] / f"{digest}.pt"
+
+    def _lookup(self, key: tuple) -> torch.Tensor | None:
+        if key in self.memory:
+            return self.memory[key]
+        path = self._disk_path(key)
+        if path is not None and path.is_file():
+            return torch.load(path, weights_only=True)
+        return None
+
+    def _store(self, key: tuple, states: torch.Tensor) -> None:
+        size = states.numel() * states.element_size()
+        if self.memory_bytes + size <= self.max_memory_bytes:
+            self.memory[key] = states
+            self.memory_bytes += size
+            return
+        path = self._disk_path(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(states, path)
+
+    @torch.no_grad()
+    def states(self, utterances: list[Utterance], device: torch.device) -> list[torch.Tensor]:
+        """Hidden states of each utterance, `[layers, frames, dim]` (float16 when cached)."""
+        found: list[torch.Tensor | None] = [None] * len(utterances)
+        missing = []
+        for i, utt in enumerate(utterances):
+            cached = self._lookup(self._key(utt)) if self.enabled else None
+            if cached is None:
+                missing.append(i)
+            else:
+                found[i] = cached
+        self.hits += len(utterances) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            waves = [read_segment(utterances[i]).to(device) for i in missing]
+            out = self.upstream(waves)
+            stacked = torch.stack(out["hidden_states"], dim=1)  # [B, L, T, D]
+            for row, i in enumerate(missing):
+                states = stacked[row, :, : int(out["lengths"][row])].float().cpu()
+                if self.enabled:
+                    states = states.half()
+                    self._store(self._key(utterances[i]), states)
+                found[i] = states
+        return found  # type: ignore[return-value]
+
+
+def pad_states(states: list[torch.Tensor], device: torch.device
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-utterance `[L, T_i, D]` -> (L tensors `[B, T, D]` float32, lengths `[B]`)."""
+    lengths = torch.tensor([s.size(1) for s in states])
+    longest = int(lengths.max())
+    layers, dim = states[0].size(0), states[0].size(2)
+    batch = torch.zeros(len(states), layers, longest, dim)
+    for i, s in enumerate(states):
+        batch[i, :, : s.size(1)] = s.float()
+    batch = batch.to(device)
+    return [batch[:, layer] for layer in range(layers)], lengths.to(device)
+
+
+def batches_by_length(sizes: list[int], max_samples: int, shuffle: bool, seed: int
+                      ) -> list[list[int]]:
+    """Batches whose padded size (count x longest, in samples) stays within `max_samples`;
+    an utterance longer than that gets a batch of its own."""
+    sizes_array = np.minimum(np.asarray(sizes), max_samples)
+    batches = length_batches(sizes_array, max_samples)
+    if shuffle:
+        random.Random(seed).shuffle(batches)
+    return batches

@@ -1,0 +1,58 @@
+"""PR (SUPERB): a linear head + CTC over phones, PER by edit distance over phone tokens."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tera.corpora import librispeech
+from tera.downstream.base import Task, ctc_loss, greedy_ctc
+from tera.downstream.metrics import phone_error_rate
+
+
+class LinearCtcHead(nn.Module):
+    def __init__(self, dim: int, vocab: int) -> None:
+        super().__init__()
+        self.output = nn.Linear(dim, vocab)
+
+    def forward(self, x, lengths):  # noqa: ARG002 - same signature as the other CTC head
+        return self.output(x).log_softmax(-1)
+
+
+class PrTask(Task):
+    name, metric = "pr", "per"
+
+    def __init__(self, root, cfg) -> None:
+        super().__init__(root, cfg)
+        self.train_split = cfg["datarc"]["train_split"]
+        self.dev_split = cfg["datarc"]["dev_split"]
+        self.test_split = cfg["datarc"]["test_split"]
+        self.phones: list[str] = []
+
+    def examples(self, split):
+        return librispeech.load_split(self.root, split, with_phones=True)
+
+    def prepare(self, train) -> None:
+        self.phones = ["<blank>"] + librispeech.phone_inventory(train)
+
+    def state(self) -> dict:
+        return {"phones": self.phones}
+
+    def load_state(self, state: dict) -> None:
+        self.phones = state["phones"]
+
+    def build_head(self, dim):
+        return LinearCtcHead(dim, len(self.phones))
+
+    def loss(self, head, x, lengths, utts):
+        index = {p: i for i, p in enumerate(self.phones)}
+        targets = [[index[p] for p in u.phones if p in index] for u in utts]
+        return ctc_loss(head(x, lengths), lengths, targets)
+
+    def predict(self, head, x, lengths):
+        return [[self.phones[t] for t in seq] for seq in greedy_ctc(head(x, lengths), lengths)]
+
+    def score(self, utts, predictions, split):  # noqa: ARG002
+        references = [list(u.phones) for u in utts]
+        lines = [f"{u.id}\tREF: {' '.join(u.phones)}\tHYP: {' '.join(h)}"
+                 for u, h in zip(utts, predictions)]
+        return phone_error_rate(references, predictions), lines

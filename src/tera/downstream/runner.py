@@ -1,0 +1,373 @@
+"""The one downstream runner: frozen upstream -> SUPERB weighted sum -> task head.
+
+    run("ks", upstream="tera2", upstream_ckpt="ckpt.pt", name="ks_tera2")
+
+trains on the task's training split, keeps the best dev checkpoint, evaluates it on the
+test split and writes `result/downstream/<name>/results.json` (see README for the keys).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from tera.checkpoint import save_atomic
+from tera.corpora import Utterance, default_corpus_dir
+from tera.downstream.asr import AsrTask
+from tera.downstream.asv import AsvTask
+from tera.downstream.base import Task
+from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
+from tera.downstream.ks import KsTask
+from tera.downstream.pr import PrTask
+from tera.downstream.sid import SidTask
+from tera.errors import UserError
+from tera.upstream import Featurizer, load_upstream
+
+TASKS: dict[str, type[Task]] = {"asr": AsrTask, "pr": PrTask, "ks": KsTask, "sid": SidTask,
+                                "asv": AsvTask}
+# s3prl's names for the same tasks
+ALIASES = {"ctc": "pr", "libriphone": "pr", "speech_commands": "ks", "voxceleb1": "sid",
+           "sv_voxceleb1": "asv"}
+CORPUS_PART = {"asr": "librispeech", "pr": "librispeech", "ks": "speech_commands",
+               "sid": "voxceleb1", "asv": "voxceleb1"}
+
+
+def task_name(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in TASKS:
+        raise UserError(f"unknown downstream task {name!r}; choose one of "
+                        f"{', '.join([*TASKS, *ALIASES])}")
+    return name
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def recipe_path(task: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("tera") / "configs" / "downstream" / f"{task}.yaml"))
+
+
+def load_recipe(task: str, config: str | Path | None, profile: str | None,
+                overrides: list[str]) -> DictConfig:
+    cfg = OmegaConf.load(config or recipe_path(task))
+    profiles = cfg.pop("profiles", None) or {}
+    if profile:
+        if profile not in profiles:
+            raise UserError(f"recipe {task} has no profile {profile!r}")
+        for key, value in profiles[profile].items():
+            OmegaConf.update(cfg, key, value, merge=True)
+    for override in overrides:
+        apply_override(cfg, override)
+    return cfg
+
+
+def parse_overrides(text: str | None) -> list[str]:
+    """s3prl's `-o "config.optimizer.lr=1e-4,,config.runner.total_steps=10"`."""
+    if not text:
+        return []
+    return [part.strip().removeprefix("config.") for part in text.split(",,") if part.strip()]
+
+
+def apply_override(cfg: DictConfig, override: str) -> None:
+    if "=" not in override:
+        raise UserError(f"override {override!r} is not of the form config.key=value")
+    key, text = override.split("=", 1)
+    key = key.strip().removeprefix("config.")
+    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        leaves = [k for k in _leaf_keys(OmegaConf.to_container(cfg)) if k.split(".")[0]
+                  == key.split(".")[0]]
+        raise UserError(f"unknown downstream config key {key!r}; keys of that section: "
+                        f"{', '.join(leaves) or ', '.join(cfg.keys())}")
+    OmegaConf.update(cfg, key, yaml.safe_load(text), merge=True)
+
+
+def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
+    if not isinstance(tree, dict):
+        return [prefix.rstrip(".")]
+    return [k for name, value in tree.items() for k in _leaf_keys(value, f"{prefix}{name}.")]
+
+
+def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bool]:
+    """(the task's corpus folder, whether it is the embedded corpus)."""
+    root = Path(data_root) if data_root else default_corpus_dir("default")
+    if (root / "summary.json").is_file():  # an embedded corpus: pick its part
+        return root / CORPUS_PART[task], True
+    if not root.exists():
+        raise UserError(f"{root}: no data. Generate the embedded corpus with `tera corpus "
+                        f"synth` or pass --data-root with your {CORPUS_PART[task]} folder")
+    return root, False
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+class Run:
+    """Everything one downstream experiment holds: task, upstream, featurizer, head."""
+
+    def __init__(self, task: str, cfg: DictConfig, root: Path, upstream_name: str,
+                 upstream_ckpt: str | None, expdir: Path, device: str, cache: bool,
+                 seed: int, upstream_preset: str = "slim") -> None:
+        self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
+        self.device = torch.device(device)
+        self.task = TASKS[task](root, OmegaConf.to_container(cfg.downstream_expert))
+        self.upstream_name, self.upstream_ckpt = upstream_name, upstream_ckpt
+        self.upstream_preset = upstream_preset
+        self.upstream = load_upstream(upstream_name, upstream_ckpt, preset=upstream_preset,
+                                      seed=seed).to(self.device).eval()
+        for p in self.upstream.parameters():
+            p.requires_grad_(False)
+        self.cache = FeatureCache(self.upstream, expdir / "feature_cache", enabled=cache)
+        self.featurizer = Featurizer(self.upstream.num_layers, self.upstream.hidden_size,
+                                     bool(cfg.featurizer.layer_norm)).to(self.device)
+        self.head: torch.nn.Module | None = None
+        self.step = 0
+        self.best: float | None = None
+
+    def build(self) -> None:
+        self.head = self.task.build_head(self.upstream.hidden_size).to(self.device)
+        params = list(self.featurizer.parameters()) + list(self.head.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=float(self.cfg.optimizer.lr))
+
+    def features(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        layers, lengths = pad_states(self.cache.states(utts, self.device), self.device)
+        return self.featurizer(layers), lengths
+
+    def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
+        sizes = [segment_samples(u) for u in utts]
+        order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,
+                                  self.seed * 1000 + epoch)
+        return [[utts[i] for i in batch] for batch in order]
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        save_atomic({
+            "task": self.task.name, "step": self.step, "best": self.best,
+            "config": OmegaConf.to_container(self.cfg), "task_state": self.task.state(),
+            "upstream": self.upstream_name, "upstream_ckpt": self.upstream_ckpt,
+            "upstream_preset": self.upstream_preset, "data_root": str(self.root),
+            "head": self.head.state_dict(), "featurizer": self.featurizer.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "seed": self.seed,
+        }, path)
+
+    def load(self, path: Path) -> None:
+        state = _read_downstream_ckpt(path)
+        self.task.load_state(state["task_state"])
+        self.build()
+        self.head.load_state_dict(state["head"])
+        self.featurizer.load_state_dict(state["featurizer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best = int(state["step"]), state["best"]
+
+    # --- training and evaluation ----------------------------------------------------------
+
+    def evaluate(self, split: str) -> tuple[float, list[str]]:
+        self.head.eval()
+        self.featurizer.eval()
+        utts = self.task.examples(split)
+        with torch.no_grad():
+            value, lines = self.task.evaluate(self.head, self.features,
+                                              iter(self.batches(utts, shuffle=False)), split)
+        self.head.train()
+        self.featurizer.train()
+        return value, lines
+
+    def is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.task.higher_is_better else value < self.best
+
+    def train(self, log) -> None:
+        runner = self.cfg.runner
+        train = self.task.examples(self.task.train_split)
+        if self.head is None:
+            self.task.prepare(train)
+            self.build()
+        total, accumulate = int(runner.total_steps), int(runner.gradient_accumulate_steps)
+        bar = tqdm(total=total, initial=self.step, desc=f"{self.task.name} train", unit="step",
+                   disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        epoch, losses = 0, []
+        self.head.train()
+        while self.step < total:
+            epoch += 1
+            torch.manual_seed(self.seed * 7919 + epoch)
+            for number, batch in enumerate(self._epoch(train, epoch)):
+                x, lengths = self.features(batch)
+                loss = self.task.loss(self.head, x, lengths, batch) / accumulate
+                loss.backward()
+                losses.append(loss.item() * accumulate)
+                if (number + 1) % accumulate:
+                    continue
+                params = list(self.featurizer.parameters()) + list(self.head.parameters())
+                torch.nn.utils.clip_grad_norm_(params, float(runner.gradient_clipping))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+                if self.step % int(runner.log_step) == 0:
+                    log({"step": self.step, "train_loss": float(np.mean(losses))})
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+                    losses = []
+                if self.step % int(runner.eval_step) == 0 or self.step == total:
+                    self._validate(log)
+                if self.step % int(runner.save_step) == 0 or self.step == total:
+                    self.save(self.expdir / f"states-{self.step}.ckpt")
+                    self._prune()
+                if self.step >= total:
+                    break
+        bar.close()
+
+    def _epoch(self, train: list[Utterance], epoch: int):
+        if getattr(self.task, "balanced_training", False):
+            train = _class_balanced(train, self.seed * 31 + epoch)
+        return self.batches(train, shuffle=True, epoch=epoch)
+
+    def _validate(self, log) -> None:
+        value, _ = self.evaluate(self.task.dev_split)
+        improved = self.is_better(value)
+        if improved:
+            self.best = value
+            self.save(self.expdir / self.task.best_name)
+        log({"step": self.step, f"dev_{self.task.metric}": value, "best": self.best})
+
+    def _prune(self) -> None:
+        keep = int(self.cfg.runner.max_keep)
+        saved = sorted(self.expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in saved[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+
+
+def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
+    """Resample with replacement so that every class is drawn equally often."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Utterance]] = {}
+    for utt in utts:
+        by_label.setdefault(utt.label or "", []).append(utt)
+    labels = sorted(by_label)
+    return [rng.choice(by_label[rng.choice(labels)]) for _ in range(len(utts))]
+
+
+def _read_downstream_ckpt(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such downstream checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"{path}: corrupt or truncated downstream checkpoint ({err})") from err
+    if not isinstance(state, dict) or "head" not in state or "task" not in state:
+        raise UserError(f"{path}: not a tera downstream checkpoint (states-*.ckpt, *-best.ckpt)")
+    return state
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def run(task: str, *, mode: str = "train", upstream: str = "tera2",
+        upstream_ckpt: str | None = None, name: str | None = None,
+        expdir: str | Path | None = None, config: str | None = None,
+        overrides: list[str] | None = None, data_root: str | Path | None = None,
+        init_ckpt: str | Path | None = None, test_split: str | None = None,
+        seed: int = 1337, cache: bool = True, device: str = "cpu",
+        upstream_preset: str = "slim") -> dict:
+    """Train (then test) or evaluate one downstream task; returns results.json's content."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if init_ckpt is not None:  # evaluate or resume: everything comes from the checkpoint
+        state = _read_downstream_ckpt(Path(init_ckpt))
+        task, upstream = state["task"], state["upstream"]
+        upstream_ckpt = upstream_ckpt or state["upstream_ckpt"]
+        cfg = OmegaConf.create(state["config"])
+        for override in overrides or []:
+            apply_override(cfg, override)
+        expdir = Path(expdir) if expdir else Path(init_ckpt).parent
+        seed = int(state.get("seed", seed))
+        data_root = data_root or state.get("data_root")
+        upstream_preset = state.get("upstream_preset", upstream_preset)
+    else:
+        task = task_name(task)
+        if expdir is None:
+            expdir = Path("result") / "downstream" / (name or f"{task}_{upstream}")
+        expdir = Path(expdir)
+        cfg = None
+    root, embedded = resolve_data_root(task, data_root)
+    if cfg is None:
+        cfg = load_recipe(task, config, "embedded" if embedded else None, overrides or [])
+    expdir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, expdir / "config.yaml")
+    writer = _tensorboard(expdir)
+
+    def log(record: dict) -> None:
+        with open(expdir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, record["step"])
+        if not sys.stderr.isatty():
+            print(f"[{task}] " + json.dumps(record), file=sys.stderr)
+
+    job = Run(task, cfg, root, upstream, upstream_ckpt, expdir, device, cache, seed,
+              upstream_preset)
+    if init_ckpt is not None:
+        job.load(Path(init_ckpt))
+    if mode == "train":
+        job.train(log)
+        best = expdir / job.task.best_name
+        job.load(best)
+        checkpoint = best
+    elif mode == "evaluate":
+        if init_ckpt is None:
+            raise UserError("-m evaluate needs -e CHECKPOINT (e.g. result/downstream/NAME/"
+                            "dev-best.ckpt)")
+        checkpoint = Path(init_ckpt)
+    else:
+        raise UserError(f"unknown mode {mode!r}; expected train or evaluate")
+
+    split = test_split or job.task.test_split
+    value, lines = job.evaluate(split)
+    (expdir / f"{split}_predictions.txt").write_text("\n".join(lines) + "\n")
+    results = {
+        "task": job.task.name, "metric": job.task.metric, "value": value, "split": split,
+        "checkpoint": str(checkpoint), "upstream": upstream, "upstream_ckpt": upstream_ckpt,
+        "layer_weights": job.featurizer.layer_weights.tolist(), "step": job.step,
+        "wall_time_s": time.perf_counter() - started, "dev_best": job.best,
+        "cache": {"enabled": cache, "hits": job.cache.hits, "misses": job.cache.misses},
+    }
+    if job.task.name == "asv" and mode == "train":
+        results["dev_eer"] = job.best
+        results["best_test_eer_over_checkpoints"] = _s3prl_protocol(job, split)
+    (expdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if writer is not None:
+        writer.close()
+    return results
+
+
+def _s3prl_protocol(job: Run, split: str) -> dict:
+    """s3prl reports the best test EER over every saved checkpoint (selection on test):
+    given for comparison only, labelled as such."""
+    scores = {}
+    for path in sorted(job.expdir.glob("states-*.ckpt")):
+        job.load(path)
+        scores[path.name] = job.evaluate(split)[0]
+    best = min(scores, key=scores.get)
+    return {"protocol": "s3prl: min test EER over saved checkpoints (selected on test)",
+            "value": scores[best], "checkpoint": best, "all": scores}
+
+
+def _tensorboard(expdir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(expdir / "tb"))

@@ -1,0 +1,53 @@
+"""SID (SUPERB): VoxCeleb1 identification split, mean pooling + linear, accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tera.corpora import voxceleb1
+from tera.downstream.base import Task, masked_mean
+from tera.downstream.metrics import accuracy
+
+
+class PooledLinearHead(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.output = nn.Linear(dim, classes)
+
+    def forward(self, x, lengths):
+        return self.output(masked_mean(x, lengths))
+
+
+class SidTask(Task):
+    name, metric, higher_is_better = "sid", "accuracy", True
+
+    def __init__(self, root, cfg) -> None:
+        super().__init__(root, cfg)
+        self.speakers: list[str] = []
+
+    def examples(self, split):
+        return voxceleb1.load_identification(self.root, split)
+
+    def prepare(self, train) -> None:
+        self.speakers = sorted({u.label for u in train})
+
+    def state(self) -> dict:
+        return {"speakers": self.speakers}
+
+    def load_state(self, state: dict) -> None:
+        self.speakers = state["speakers"]
+
+    def build_head(self, dim):
+        return PooledLinearHead(dim, len(self.speakers))
+
+    def loss(self, head, x, lengths, utts):
+        labels = torch.tensor([self.speakers.index(u.label) for u in utts], device=x.device)
+        return nn.functional.cross_entropy(head(x, lengths), labels)
+
+    def predict(self, head, x, lengths):
+        return [self.speakers[i] for i in head(x, lengths).argmax(-1).tolist()]
+
+    def score(self, utts, predictions, split):  # noqa: ARG002
+        lines = [f"{u.id}\t{u.label}\t{p}" for u, p in zip(utts, predictions)]
+        return accuracy([u.label for u in utts], predictions), lines

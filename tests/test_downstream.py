@@ -1,0 +1,132 @@
+"""Downstream: metrics against hand-checked cases, the feature cache, batching, and every
+task end to end on the small embedded corpus with a tiny upstream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tera.cli import main
+from tera.corpora import speech_commands
+from tera.downstream.features import FeatureCache, batches_by_length
+from tera.downstream.metrics import (
+    accuracy,
+    equal_error_rate,
+    phone_error_rate,
+    word_error_rate,
+)
+from tera.downstream.runner import load_recipe, parse_overrides, run
+from tera.errors import UserError
+from tera.upstream import load_upstream
+
+FEW_STEPS = ["runner.total_steps=6", "runner.eval_step=3", "runner.save_step=3",
+             "runner.log_step=3"]
+
+
+def test_word_error_rate_counts_substitutions_deletions_insertions():
+    # ref 6 words; "sat"->"sit" (S), "the" deleted (D), "too" inserted (I): 3 / 6
+    assert word_error_rate(["the cat sat on the mat"], ["the cat sit on mat too"]) == 0.5
+    assert word_error_rate(["a b", "c d e"], ["a b", ""]) == pytest.approx(3 / 5)
+    assert word_error_rate(["a b c"], ["a b c"]) == 0.0
+
+
+def test_phone_error_rate_over_tokens():
+    # one substitution (b->x), one deletion (d) over 4 phones
+    assert phone_error_rate([["a", "b", "c", "d"]], [["a", "x", "c"]]) == 0.5
+    # an insertion: multi-character tokens count as one
+    assert phone_error_rate([["aa", "b"]], [["aa", "b", "zh"]]) == 0.5
+
+
+def test_equal_error_rate_at_a_known_crossing():
+    # targets 0.9, 0.8, 0.3; non-targets 0.7, 0.2, 0.1: at a threshold in (0.3, 0.7]
+    # one target of three is rejected and one non-target of three accepted -> 1/3
+    assert equal_error_rate([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.7, 0.2, 0.1]) == \
+        pytest.approx(1 / 3)
+    assert equal_error_rate([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 0.0
+    assert accuracy(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == 0.75
+    with pytest.raises(ValueError):
+        equal_error_rate([1, 1], [0.1, 0.2])
+
+
+def test_cache_gives_the_features_of_a_recomputation(small_corpus):
+    upstream = load_upstream("tera2", preset="tiny")
+    utts = speech_commands.load_split(small_corpus / "speech_commands", "valid")[:6]
+    cached = FeatureCache(upstream, None, enabled=True)
+    first = cached.states(utts, torch.device("cpu"))
+    again = cached.states(utts, torch.device("cpu"))
+    fresh = FeatureCache(upstream, None, enabled=False).states(utts, torch.device("cpu"))
+    assert cached.hits == 6 and cached.misses == 6
+    for a, b, c in zip(first, again, fresh):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a.float(), c, atol=2e-3, rtol=2e-3)  # float16 storage
+
+
+def test_cache_spills_to_disk(small_corpus, tmp_path):
+    upstream = load_upstream("fbank")
+    utts = speech_commands.load_split(small_corpus / "speech_commands", "valid")[:3]
+    cache = FeatureCache(upstream, tmp_path, enabled=True, max_memory_bytes=0)
+    first = cache.states(utts, torch.device("cpu"))
+    assert len(list(tmp_path.rglob("*.pt"))) == 3 and not cache.memory
+    for a, b in zip(first, cache.states(utts, torch.device("cpu"))):
+        assert torch.equal(a, b)
+
+
+def test_batches_are_bounded_by_total_length():
+    sizes = [16000, 48000, 300000, 20000, 22000, 160000, 90000]
+    batches = batches_by_length(sizes, 200000, shuffle=True, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+    for batch in batches:
+        assert len(batch) * min(max(sizes[i] for i in batch), 200000) <= 200000
+
+
+def test_overrides_follow_s3prl_syntax():
+    assert parse_overrides("config.optimizer.lr=1e-4,,config.runner.total_steps=7") == [
+        "optimizer.lr=1e-4", "runner.total_steps=7"]
+    cfg = load_recipe("ks", None, None, parse_overrides("config.runner.total_steps=7"))
+    assert cfg.runner.total_steps == 7 and cfg.optimizer.lr == 1e-4
+    with pytest.raises(UserError, match="runner.total_steps"):
+        load_recipe("ks", None, None, ["runner.total_step=7"])
+
+
+@pytest.mark.parametrize("task, low, high", [("ks", 0, 1), ("sid", 0, 1), ("pr", 0, 2),
+                                              ("asr", 0, 2), ("asv", 0, 1)])
+def test_task_end_to_end(small_corpus, tmp_path, task, low, high):
+    expdir = tmp_path / task
+    results = run(task, upstream="tera2", upstream_preset="tiny", expdir=expdir,
+                  data_root=small_corpus, overrides=FEW_STEPS + (
+                      ["downstream_expert.modelrc.hidden_size=32",
+                       "downstream_expert.modelrc.project_dim=32"] if task == "asr" else []))
+    written = json.loads((expdir / "results.json").read_text())
+    assert written["task"] == task and written["split"] == "test"
+    assert low <= written["value"] <= high
+    assert len(written["layer_weights"]) == 4
+    assert sum(written["layer_weights"]) == pytest.approx(1.0)
+    best = expdir / ("dev-clean-best.ckpt" if task == "asr" else "dev-best.ckpt")
+    assert best.is_file() and (expdir / "states-6.ckpt").is_file()
+    assert (expdir / "test_predictions.txt").read_text().strip()
+    assert (expdir / "config.yaml").is_file() and any((expdir / "tb").iterdir())
+    if task == "asv":
+        protocol = written["best_test_eer_over_checkpoints"]
+        assert "selected on test" in protocol["protocol"]
+        assert protocol["value"] <= max(protocol["all"].values())
+    # evaluating the kept checkpoint reproduces the number
+    assert main(["downstream", "-m", "evaluate", "-e", str(best)]) == 0
+    again = json.loads((expdir / "results.json").read_text())
+    assert again["value"] == pytest.approx(results["value"])
+
+
+def test_resume_continues_at_the_saved_step(small_corpus, tmp_path):
+    run("sid", upstream="fbank", expdir=tmp_path, data_root=small_corpus, overrides=FEW_STEPS)
+    results = run("sid", expdir=tmp_path, init_ckpt=tmp_path / "states-6.ckpt",
+                  overrides=["runner.total_steps=9"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").open()]
+    assert steps[-1] == 9 and steps[: steps.index(6) + 1][-1] == 6
+    assert (tmp_path / "states-9.ckpt").is_file()
+    assert results["step"] in (6, 9)  # the step of the best dev checkpoint, evaluated on test
+
+
+def test_missing_data_is_explained(tmp_path):
+    with pytest.raises(UserError, match="no data"):
+        run("ks", upstream="fbank", expdir=tmp_path / "x", data_root=tmp_path / "nowhere")
