@@ -23,21 +23,29 @@ from tera.errors import UserError
 def write_manifest(root: str | Path, out_dir: str | Path, valid_percent: float = 0.01,
                    extensions: tuple[str, ...] = ("flac", "wav"), seed: int = 42
                    ) -> dict[str, int]:
-    """Write `train.tsv` / `valid.tsv` for every audio file under `root`.
-
-    Lengths come from the file headers (no decoding). Files that are not 16 kHz are listed
-    with their length at 16 kHz (they are resampled when read). Returns counts per split.
-    """
+    """Write `train.tsv` / `valid.tsv` for every audio file under `root`."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")
     files = sorted(p for ext in extensions for p in root.rglob(f"*.{ext.lstrip('.')}"))
     if not files:
         raise UserError(f"{root}: no audio files with extension {', '.join(extensions)}")
+    return write_manifest_files(root, files, out_dir, valid_percent, seed)
+
+
+def write_manifest_files(root: Path, files: list[Path], out_dir: str | Path,
+                         valid_percent: float = 0.01, seed: int = 42) -> dict[str, int]:
+    """Write `train.tsv` / `valid.tsv` listing `files` (under `root`), a random
+    `valid_percent` of them for validation.
+
+    Lengths come from the file headers (no decoding). Files that are not 16 kHz are listed
+    with their length at 16 kHz (they are resampled when read). Returns counts per split.
+    """
+    root = Path(root).resolve()
     entries = []
     for path in files:
         frames, rate, _ = audio_info(path)
-        entries.append((path.relative_to(root).as_posix(), frames * 16000 // rate))
+        entries.append((Path(path).resolve().relative_to(root).as_posix(), frames * 16000 // rate))
     rng = random.Random(seed)
     valid = {i for i in range(len(entries)) if rng.random() < valid_percent}
     out_dir = Path(out_dir)

@@ -1,0 +1,23 @@
+"""`tera study`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_study_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="the compute-matched scaling study end to end, with a "
+                       "report (resumable)")
+    p.add_argument("--config", help="study YAML (default: the shipped default / quick study)")
+    p.add_argument("--quick", action="store_true", help="small corpus, few steps (minutes)")
+    p.add_argument("--out", help="study folder (default: ./study or ./study-quick)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tera.study import run_study
+
+    report = run_study(args.config, args.quick, args.out)
+    print(report.read_text())
+    print(f"report: {report} (figures beside it)")
+    return 0
