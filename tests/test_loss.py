@@ -51,12 +51,12 @@ def test_feature_penalty_is_added_with_its_weight():
     torch.testing.assert_close(weighted.loss, plain.loss + 10.0 * weighted.features_pen)
 
 
-def evaluation_loss(model: TeraModel, waves: torch.Tensor) -> float:
+def evaluation_loss(model: TeraModel, waves: torch.Tensor, target_norm: str = "none") -> float:
     """The loss under a fixed mask, without dropout."""
     model.eval()
     torch.manual_seed(123)
     with torch.no_grad():
-        value = tera_loss(model, waves).loss.item()
+        value = tera_loss(model, waves, target_norm=target_norm).loss.item()
     model.train()
     return value
 
@@ -74,24 +74,41 @@ def test_one_step_lowers_the_loss(utterance):
     assert evaluation_loss(model, waves) < before
 
 
-def test_two_hundred_steps_cut_the_loss_on_one_utterance(utterance):
-    """Measured with this model at lr 2e-3: x0.66 after 200 steps, x0.51 after 600, x0.49
-    after 700 (the raw MFCC targets, c0 near 50, take Adam a while to reach). The bound
-    below is the 200-step figure with a margin; halving takes ~700 steps (see README)."""
+def train_on_one_utterance(waves: torch.Tensor, target_norm: str, steps: int) -> tuple:
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     model = TeraModel(small_config())
-    waves = utterance[:32000].unsqueeze(0)
-    before = evaluation_loss(model, waves)
+    before = evaluation_loss(model, waves, target_norm)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(200):
+    for _ in range(steps):
         optimizer.zero_grad()
-        loss = tera_loss(model, waves).loss
-        loss.backward()
+        tera_loss(model, waves, target_norm=target_norm).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
-    after = evaluation_loss(model, waves)
+    return before, evaluation_loss(model, waves, target_norm)
+
+
+def test_two_hundred_steps_halve_the_loss_on_one_utterance(utterance):
+    """With standardised targets (as the tiny preset trains): measured x0.45 after 200 steps."""
+    before, after = train_on_one_utterance(utterance[:32000].unsqueeze(0), "utterance", 200)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_raw_targets_fall_more_slowly(utterance):
+    """Raw MFCC targets (the reference objective): measured x0.66 after 200 steps, x0.49 only
+    after 700 (c0, near 50, dominates the L1): the reason tiny standardises its targets."""
+    before, after = train_on_one_utterance(utterance[:32000].unsqueeze(0), "none", 200)
     assert after < 0.72 * before, (before, after)
+
+
+def test_standardized_targets_have_zero_mean_unit_variance():
+    from tera.pretrain.loss import standardize_frames
+
+    frames = torch.randn(2, 10, 3) * 5 + 7
+    out = standardize_frames(frames, torch.tensor([10, 6]))
+    torch.testing.assert_close(out[1, :6].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1, :6].std(0, unbiased=False), torch.ones(3), atol=1e-3,
+                               rtol=0)
+    assert (out[1, 6:] == 0).all()
 
 
 def test_bf16_training_step_runs_and_is_finite(utterance):

@@ -205,7 +205,8 @@ class Trainer:
             sync = nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
             with sync, self._autocast():
                 out = tera_loss(self.ddp, waves, lengths,
-                                feature_pen_weight=float(cfg.criterion.feature_pen_weight))
+                                feature_pen_weight=float(cfg.criterion.feature_pen_weight),
+                                target_norm=str(cfg.criterion.target_norm))
                 loss = out.loss / len(micro)
             self.scaler.scale(loss).backward()
             totals["loss"] += out.loss.item() / len(micro)
@@ -240,7 +241,8 @@ class Trainer:
             torch.manual_seed(_mix(self.seed, -1, number, 0))  # the same masks every time
             with self._autocast():
                 out = tera_loss(self.model, waves.to(self.device), lengths.to(self.device),
-                                feature_pen_weight=float(self.cfg.criterion.feature_pen_weight))
+                                feature_pen_weight=float(self.cfg.criterion.feature_pen_weight),
+                                target_norm=str(self.cfg.criterion.target_norm))
             total += out.loss.item() * len(lengths)
             count += len(lengths)
         self.model.train()
