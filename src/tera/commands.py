@@ -9,8 +9,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from tera.corpora.commands import add_corpus_commands
     from tera.downstream.commands import add_downstream_commands
     from tera.inference import add_inference_commands
-    from tera.study_commands import add_study_commands
     from tera.pretrain.commands import add_pretrain_commands
+    from tera.study_commands import add_study_commands
 
     add_inference_commands(sub)  # extract, info, convert
     add_pretrain_commands(sub)  # manifest, pretrain, plan
