@@ -31,32 +31,19 @@ class BiLstmCtcHead(nn.Module):
 class AsrTask(Task):
     name, metric, best_name = "asr", "wer", "dev-clean-best.ckpt"
 
-    def __init__(self, root, cfg) -> None:
-        super().__init__(root, cfg)
-        self.train_split = cfg["datarc"]["train_split"]
-        self.dev_split = cfg["datarc"]["dev_split"]
-        self.test_split = cfg["datarc"]["test_split"]
-        self.vocabulary: list[str] = []
-
     def examples(self, split: str):
         return librispeech.load_split(self.root, split)
 
     def prepare(self, train) -> None:
-        self.vocabulary = ["<blank>"] + librispeech.characters(train)
-
-    def state(self) -> dict:
-        return {"vocabulary": self.vocabulary}
-
-    def load_state(self, state: dict) -> None:
-        self.vocabulary = state["vocabulary"]
+        self.labels = ["<blank>"] + librispeech.characters(train)
 
     def build_head(self, dim: int) -> nn.Module:
         m = self.cfg["modelrc"]
-        return BiLstmCtcHead(dim, len(self.vocabulary), m["project_dim"], m["hidden_size"],
+        return BiLstmCtcHead(dim, len(self.labels), m["project_dim"], m["hidden_size"],
                              m["num_layers"], m["dropout"])
 
     def _encode(self, text: str) -> list[int]:
-        index = {c: i for i, c in enumerate(self.vocabulary)}
+        index = {c: i for i, c in enumerate(self.labels)}
         return [index[c] for c in text if c in index]
 
     def loss(self, head, x, lengths, utts):
@@ -64,7 +51,7 @@ class AsrTask(Task):
 
     def predict(self, head, x, lengths):
         decoded = greedy_ctc(head(x, lengths), lengths)
-        return [" ".join("".join(self.vocabulary[t] for t in seq).split()) for seq in decoded]
+        return [" ".join("".join(self.labels[t] for t in seq).split()) for seq in decoded]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
         references = [u.text for u in utts]

@@ -56,7 +56,6 @@ class AsvTask(Task):
 
     def __init__(self, root, cfg) -> None:
         super().__init__(root, cfg)
-        self.speakers: list[str] = []
         self.trials: dict[str, list[tuple[int, Utterance, Utterance]]] = {}
 
     def _held_out_split(self) -> tuple[list[Utterance], list[Utterance]]:
@@ -81,21 +80,15 @@ class AsvTask(Task):
         return [unique[k] for k in sorted(unique)]
 
     def prepare(self, train) -> None:
-        self.speakers = sorted({u.speaker for u in train})
-
-    def state(self) -> dict:
-        return {"speakers": self.speakers}
-
-    def load_state(self, state: dict) -> None:
-        self.speakers = state["speakers"]
+        self.labels = sorted({u.speaker for u in train})
 
     def build_head(self, dim):
         m = self.cfg["modelrc"]
-        return XVector(dim, m["channels"], m["embedding_size"], len(self.speakers),
+        return XVector(dim, m["channels"], m["embedding_size"], len(self.labels),
                        m["margin"], m["scale"])
 
     def loss(self, head, x, lengths, utts):
-        labels = torch.tensor([self.speakers.index(u.speaker) for u in utts], device=x.device)
+        labels = torch.tensor([self.labels.index(u.speaker) for u in utts], device=x.device)
         return head.am_softmax_loss(head.embedding(x, lengths), labels)
 
     def predict(self, head, x, lengths):

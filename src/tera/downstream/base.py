@@ -24,19 +24,25 @@ class Task:
 
     def __init__(self, root: Path, cfg: dict) -> None:
         self.root, self.cfg = root, cfg
+        # the output inventory (characters, phones, speakers) learned by `prepare`
+        self.labels: list[str] = []
+        datarc = cfg.get("datarc", {})
+        self.train_split = datarc.get("train_split", self.train_split)
+        self.dev_split = datarc.get("dev_split", self.dev_split)
+        self.test_split = datarc.get("test_split", self.test_split)
 
     def examples(self, split: str) -> list[Utterance]:
         raise NotImplementedError
 
     def prepare(self, train: list[Utterance]) -> None:
-        """Learn what the head needs from the training set (vocabulary, classes)."""
+        """Learn the output inventory from the training set."""
 
     def state(self) -> dict:
         """What `prepare` learned, saved in checkpoints so evaluation needs no training data."""
-        return {}
+        return {"labels": self.labels}
 
     def load_state(self, state: dict) -> None:
-        pass
+        self.labels = list(state["labels"])
 
     def build_head(self, dim: int) -> nn.Module:
         raise NotImplementedError

@@ -21,35 +21,22 @@ class LinearCtcHead(nn.Module):
 class PrTask(Task):
     name, metric = "pr", "per"
 
-    def __init__(self, root, cfg) -> None:
-        super().__init__(root, cfg)
-        self.train_split = cfg["datarc"]["train_split"]
-        self.dev_split = cfg["datarc"]["dev_split"]
-        self.test_split = cfg["datarc"]["test_split"]
-        self.phones: list[str] = []
-
     def examples(self, split):
         return librispeech.load_split(self.root, split, with_phones=True)
 
     def prepare(self, train) -> None:
-        self.phones = ["<blank>"] + librispeech.phone_inventory(train)
-
-    def state(self) -> dict:
-        return {"phones": self.phones}
-
-    def load_state(self, state: dict) -> None:
-        self.phones = state["phones"]
+        self.labels = ["<blank>"] + librispeech.phone_inventory(train)
 
     def build_head(self, dim):
-        return LinearCtcHead(dim, len(self.phones))
+        return LinearCtcHead(dim, len(self.labels))
 
     def loss(self, head, x, lengths, utts):
-        index = {p: i for i, p in enumerate(self.phones)}
+        index = {p: i for i, p in enumerate(self.labels)}
         targets = [[index[p] for p in u.phones if p in index] for u in utts]
         return ctc_loss(head(x, lengths), lengths, targets)
 
     def predict(self, head, x, lengths):
-        return [[self.phones[t] for t in seq] for seq in greedy_ctc(head(x, lengths), lengths)]
+        return [[self.labels[t] for t in seq] for seq in greedy_ctc(head(x, lengths), lengths)]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
         references = [list(u.phones) for u in utts]

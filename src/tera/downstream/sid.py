@@ -22,31 +22,21 @@ class PooledLinearHead(nn.Module):
 class SidTask(Task):
     name, metric, higher_is_better = "sid", "accuracy", True
 
-    def __init__(self, root, cfg) -> None:
-        super().__init__(root, cfg)
-        self.speakers: list[str] = []
-
     def examples(self, split):
         return voxceleb1.load_identification(self.root, split)
 
     def prepare(self, train) -> None:
-        self.speakers = sorted({u.label for u in train})
-
-    def state(self) -> dict:
-        return {"speakers": self.speakers}
-
-    def load_state(self, state: dict) -> None:
-        self.speakers = state["speakers"]
+        self.labels = sorted({u.label for u in train})
 
     def build_head(self, dim):
-        return PooledLinearHead(dim, len(self.speakers))
+        return PooledLinearHead(dim, len(self.labels))
 
     def loss(self, head, x, lengths, utts):
-        labels = torch.tensor([self.speakers.index(u.label) for u in utts], device=x.device)
+        labels = torch.tensor([self.labels.index(u.label) for u in utts], device=x.device)
         return nn.functional.cross_entropy(head(x, lengths), labels)
 
     def predict(self, head, x, lengths):
-        return [self.speakers[i] for i in head(x, lengths).argmax(-1).tolist()]
+        return [self.labels[i] for i in head(x, lengths).argmax(-1).tolist()]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
         lines = [f"{u.id}\t{u.label}\t{p}" for u, p in zip(utts, predictions)]

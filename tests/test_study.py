@@ -1,0 +1,66 @@
+"""`tera study --quick` end to end on the small corpus, shrunk through a study file."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import yaml
+
+from tera.cli import main
+
+STUDY = {
+    "title": "test study",
+    "corpus": {"preset": "small", "seed": 0, "root": None},
+    "pretrain": {
+        "preset": "tiny",
+        "overrides": ["task.max_sample_size=32000", "dataset.max_tokens=96000",
+                      "model.encoder_layers=1"],
+        "budget_updates": 6,
+        "budgets": [1.0],
+        "sizes": {30: {"model.encoder_embed_dim": 64, "model.encoder_ffn_embed_dim": 128},
+                  100: {}},
+    },
+    "downstream": {
+        "tasks": ["pr", "ks", "sid", "asr", "asv"],
+        "baselines": ["fbank", "random"],
+        "overrides": {
+            task: ["runner.total_steps=3", "runner.eval_step=3", "runner.save_step=3"]
+            + (["downstream_expert.modelrc.hidden_size=16",
+                "downstream_expert.modelrc.project_dim=16"] if task == "asr" else [])
+            for task in ["pr", "ks", "sid", "asr", "asv"]
+        },
+    },
+}
+
+
+def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
+    spec = dict(STUDY, corpus={**STUDY["corpus"], "root": str(small_corpus)})
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "study"
+    assert main(["study", "--quick", "--config", str(config), "--out", str(out)]) == 0
+    for name in ("report.md", "report.json", "valley_curve.png", "pretrain_loss.png",
+                 "layer_weights.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    names = [u["name"] for u in report["upstreams"]]
+    assert len(names) == 4 and "fbank" in names and any("random" in n for n in names)
+    for upstream in report["upstreams"]:
+        assert set(upstream["metrics"]) == {"pr", "ks", "sid", "asr", "asv"}
+        for task, value in upstream["metrics"].items():
+            assert math.isfinite(value), (upstream["name"], task)
+            # error rates can pass 100 % (insertions); accuracies and EER are fractions
+            assert value >= 0.0 and (task in ("pr", "asr") or value <= 1.0)
+        if upstream["kind"] == "tera2":
+            assert upstream["pretrain_flops"] > 0 and upstream["pretrain_updates"] > 0
+            assert all(math.isfinite(p["loss"]) for p in upstream["loss_curve"] if "loss" in p)
+    markdown = (out / "report.md").read_text()
+    assert "| upstream | PR PER %" in markdown and "valley_curve.png" in markdown
+    # compute matching: both sizes spend about the same pre-training FLOPs (planner)
+    flops = {u["size_percent"]: u["pretrain_flops"] for u in report["upstreams"]
+             if u["kind"] == "tera2"}
+    assert abs(flops[30.0] / flops[100.0] - 1) < 0.35  # a few updates: coarse rounding
+    # a second run finds everything done and only rewrites the report
+    capsys.readouterr()
+    assert main(["study", "--config", str(config), "--out", str(out)]) == 0
