@@ -101,10 +101,10 @@ def test_raw_targets_fall_more_slowly(utterance):
 
 
 def test_standardized_targets_have_zero_mean_unit_variance():
-    from tera.pretrain.loss import standardize_frames
+    from tera.model.components import masked_standardize
 
     frames = torch.randn(2, 10, 3) * 5 + 7
-    out = standardize_frames(frames, torch.tensor([10, 6]))
+    out = masked_standardize(frames, torch.tensor([10, 6]))
     torch.testing.assert_close(out[1, :6].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(out[1, :6].std(0, unbiased=False), torch.ones(3), atol=1e-3,
                                rtol=0)

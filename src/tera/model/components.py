@@ -26,6 +26,18 @@ def lengths_to_padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Ten
     return positions.unsqueeze(0) >= lengths.unsqueeze(1)
 
 
+def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5
+                       ) -> torch.Tensor:
+    """Zero mean, unit variance along dim 1 over each row's valid positions, per trailing
+    feature; padding becomes zero. x `[batch, time, ...]`, lengths `[batch]`."""
+    valid = torch.arange(x.size(1), device=x.device) < lengths.unsqueeze(1)
+    valid = valid.view(*valid.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+    count = valid.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (x * valid).sum(1, keepdim=True) / count
+    var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
+    return (x - mean) * torch.rsqrt(var + eps) * valid
+
+
 class GradMultiply(torch.autograd.Function):
     """Identity forward; multiplies the gradient by `scale` (fairseq's `feature_grad_mult`)."""
 

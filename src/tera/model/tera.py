@@ -17,6 +17,7 @@ from tera.model.components import (
     GradMultiply,
     TransformerEncoder,
     lengths_to_padding_mask,
+    masked_standardize,
     output_frames,
 )
 from tera.model.config import TARGET_DIM, TeraConfig
@@ -186,11 +187,7 @@ def standardize(waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tens
     `F.layer_norm(wav, wav.shape)`, eps 1e-5); padding stays zero."""
     if lengths is None:
         return torch.nn.functional.layer_norm(waves, waves.shape[-1:])
-    valid = ~lengths_to_padding_mask(lengths, waves.size(1))
-    count = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = (waves * valid).sum(dim=1, keepdim=True) / count
-    var = (((waves - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
-    return (waves - mean) * torch.rsqrt(var + 1e-5) * valid
+    return masked_standardize(waves.unsqueeze(-1), lengths).squeeze(-1)
 
 
 def build_model(cfg: TeraConfig | dict, num_label_classes: int = 0) -> TeraModel:

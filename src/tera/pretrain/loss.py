@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tera.audio import tera_targets
+from tera.model.components import masked_standardize
 from tera.model.tera import TeraModel
 
 
@@ -19,17 +20,6 @@ class LossOutput:
     features_pen: torch.Tensor
     masked_frames: int
     frames: int  # non-padded frames that entered the encoder
-
-
-def standardize_frames(frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per utterance and dimension over its valid frames.
-    frames `[batch, frame, dim]`, lengths `[batch]`."""
-    valid = (torch.arange(frames.size(1), device=frames.device) < lengths.unsqueeze(1))
-    valid = valid.unsqueeze(-1).to(frames.dtype)
-    count = valid.sum(1, keepdim=True).clamp(min=1.0)
-    mean = (frames * valid).sum(1, keepdim=True) / count
-    var = (((frames - mean) * valid) ** 2).sum(1, keepdim=True) / count
-    return (frames - mean) * torch.rsqrt(var + 1e-5) * valid
 
 
 def tera_loss(
@@ -54,7 +44,7 @@ def tera_loss(
     """
     targets, target_lengths = tera_targets(waves, lengths)
     if target_norm == "utterance":
-        targets = standardize_frames(targets, target_lengths)
+        targets = masked_standardize(targets, target_lengths)
     elif target_norm != "none":
         raise ValueError(f"target_norm must be 'none' or 'utterance', got {target_norm!r}")
     output = model(waves, lengths, mask=True, max_frames=targets.size(1), predict=True)
