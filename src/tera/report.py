@@ -112,11 +112,9 @@ def plot_valley_curve(results: list[UpstreamResult], path: Path) -> Path | None:
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", label=f"{budget:g}× budget")
-        for r in results:
-            if r.kind != "tera2" and _finite(r.metrics.get(task)):
-                ax.axhline(100 * r.metrics[task], linestyle=":", color="grey")
-                ax.annotate(r.name, (ax.get_xlim()[0], 100 * r.metrics[task]), fontsize=7,
-                            color="grey", va="bottom")
+        baselines = [r for r in results if r.kind != "tera2" and _finite(r.metrics.get(task))]
+        for r, style in zip(baselines, [":", "--", "-."] * 3):
+            ax.axhline(100 * r.metrics[task], linestyle=style, color="grey", label=r.name)
         ax.set_xscale("log")
         sizes = sorted({r.size_percent for r in pretrained})
         ax.set_xticks(sizes, [f"{s:g}%" for s in sizes])
@@ -124,7 +122,7 @@ def plot_valley_curve(results: list[UpstreamResult], path: Path) -> Path | None:
         ax.set_xlabel("model size (% of the 100 % model)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle("Compute-matched scaling: downstream error vs. model size")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -42,12 +42,10 @@ class AsrTask(Task):
         return BiLstmCtcHead(dim, len(self.labels), m["project_dim"], m["hidden_size"],
                              m["num_layers"], m["dropout"])
 
-    def _encode(self, text: str) -> list[int]:
-        index = {c: i for i, c in enumerate(self.labels)}
-        return [index[c] for c in text if c in index]
-
     def loss(self, head, x, lengths, utts):
-        return ctc_loss(head(x, lengths), lengths, [self._encode(u.text) for u in utts])
+        index = {c: i for i, c in enumerate(self.labels)}
+        targets = [[index[c] for c in u.text if c in index] for u in utts]
+        return ctc_loss(head(x, lengths), lengths, targets)
 
     def predict(self, head, x, lengths):
         decoded = greedy_ctc(head(x, lengths), lengths)
