@@ -112,6 +112,8 @@ class TeraModel(nn.Module):
         predict: also apply the reconstruction head (inside forward, so that data-parallel
         wrappers see every parameter used).
         """
+        if lengths is not None and bool((lengths >= waves.size(1)).all()):
+            lengths = None  # nothing is padded: take the unmasked (faster) paths
         if self.cfg.normalize:
             waves = standardize(waves, lengths)
         features, frame_lengths = self._extract(waves, lengths)
