@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tera.audio import load_audio
 from tera.errors import UserError
 
 
@@ -19,57 +19,83 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     extract = sub.add_parser(
         "extract", help="write hidden states or baseline features of audio files to an .npz",
         description="Per input file, an array keyed by the file's stem: (L+1, T, D) with "
-        "--layer all, (T, D) with a layer number. Stereo is averaged to mono and other "
-        "rates are resampled to 16 kHz.",
+        "--layer all (h_0 = encoder input, h_i = output of layer i; 1 x T x D for mfcc and "
+        "fbank), (T, D) with a layer number. Stereo is averaged to mono and other rates are "
+        "resampled to 16 kHz.",
     )
     extract.add_argument("-u", "--upstream", choices=["tera2", "mfcc", "fbank"],
                          default="tera2")
-    extract.add_argument("-k", "--ckpt", help="checkpoint (any format tera can load)")
+    extract.add_argument("-k", "--ckpt", help="checkpoint, any format tera reads (tera2 only; "
+                         "without it a random slim model, seed 0)")
     extract.add_argument("--layer", default="all", help="'all' or a layer number (0 = input)")
-    extract.add_argument("--deltas", action="store_true", help="fbank: add Δ and ΔΔ")
-    extract.add_argument("--device", default="cpu")
+    extract.add_argument("--deltas", action="store_true", help="fbank: add Δ and ΔΔ (240-dim)")
+    extract.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     extract.add_argument("-o", "--output", required=True, help="output .npz")
     extract.add_argument("files", nargs="+", metavar="FILE")
     extract.set_defaults(handler=run_extract)
 
     info = sub.add_parser("info", help="preset, parameter count and FLOPs per second of audio")
-    info.add_argument("target", metavar="CKPT_OR_PRESET")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("target", metavar="CKPT_OR_PRESET",
+                      help="a checkpoint (any format) or a preset name")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=run_info)
 
-    convert = sub.add_parser("convert", help="convert a checkpoint between formats")
+    convert = sub.add_parser(
+        "convert", help="convert a checkpoint between formats",
+        description="Read a checkpoint in any format (fairseq fork, s3prl tera2, tera "
+        "pretrain, safetensors directory) and write it as --to: s3prl (a file for s3prl's "
+        "tera2 upstream), fairseq (a file in the fork's layout) or safetensors (a directory "
+        "with model.safetensors, config.json and README.md).",
+    )
     convert.add_argument("src")
     convert.add_argument("dst")
     convert.add_argument("--to", required=True, choices=["s3prl", "fairseq", "safetensors"])
     convert.set_defaults(handler=run_convert)
 
 
-def run_extract(args: argparse.Namespace) -> int:
-    from tera.upstream import load_upstream
+# --- extract ----------------------------------------------------------------------------------
 
-    if args.upstream == "tera2" and args.ckpt is None:
-        print("tera extract: no checkpoint given: using a randomly initialised slim model "
-              "(seed 0)", file=sys.stderr)
-    upstream = load_upstream(args.upstream, args.ckpt, deltas=args.deltas).to(args.device)
+
+def run_extract(args: argparse.Namespace) -> int:
+    from tera.audio import load_audio
+
+    device = _device(args.device)
+    upstream = _extract_upstream(args).to(device)
     layer = _parse_layer(args.layer, upstream.num_layers)
-    stems = [Path(f).stem for f in args.files]
-    duplicates = {s for s in stems if stems.count(s) > 1}
-    if duplicates:
-        raise UserError(f"several input files share the stem {sorted(duplicates)[0]!r}: the "
-                        "output keys would collide")
+    _check_distinct_stems(args.files)
     arrays = {}
     for path in tqdm(args.files, desc="extract", unit="file", disable=len(args.files) < 2):
-        wave = load_audio(path, min_samples=400).to(args.device)
-        with torch.no_grad():
-            out = upstream([wave])
-        hidden = torch.stack(out["hidden_states"])[:, 0]  # [L+1, T, D]
-        arrays[Path(path).stem] = (hidden if layer is None else hidden[layer]).cpu().numpy()
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(output, **arrays)
+        wave = load_audio(path, min_samples=400).to(device)  # 400 samples: one frame
+        with torch.inference_mode():
+            hidden = torch.stack(upstream([wave])["hidden_states"])[:, 0]  # [L+1, T, D]
+        arrays[Path(path).stem] = (hidden if layer is None else hidden[layer]).float().cpu().numpy()
+    _save_npz(Path(args.output), arrays)
     shapes = ", ".join(f"{k} {v.shape}" for k, v in list(arrays.items())[:3])
-    print(f"wrote {output}: {len(arrays)} arrays ({shapes}{', ...' if len(arrays) > 3 else ''})")
+    more = ", ..." if len(arrays) > 3 else ""
+    print(f"wrote {args.output}: {len(arrays)} arrays ({shapes}{more})")
     return 0
+
+
+def _extract_upstream(args: argparse.Namespace):
+    from tera.upstream import TeraUpstream, load_upstream, random_tera
+
+    if args.deltas and args.upstream != "fbank":
+        raise UserError(f"--deltas applies to -u fbank, not -u {args.upstream}")
+    if args.upstream == "tera2" and args.ckpt is None:
+        print("tera extract: no checkpoint given (-k): using a randomly initialised slim "
+              "model (seed 0)", file=sys.stderr)
+        return TeraUpstream(random_tera("slim", seed=0))
+    return load_upstream(args.upstream, args.ckpt, deltas=args.deltas)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def _parse_layer(value: str, num_layers: int) -> int | None:
@@ -85,21 +111,32 @@ def _parse_layer(value: str, num_layers: int) -> int | None:
     return layer
 
 
+def _check_distinct_stems(files: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for path in files:
+        stem = Path(path).stem
+        if stem in seen:
+            raise UserError(f"{path} and {seen[stem]} share the stem {stem!r}: their arrays "
+                            "in the .npz would collide")
+        seen[stem] = path
+
+
+def _save_npz(output: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write through a file object (np.savez would append .npz to other names), atomically."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, output)
+
+
+# --- info -----------------------------------------------------------------------------------
+
+
 def run_info(args: argparse.Namespace) -> int:
-    from tera.presets import load_preset, model_config, model_cost, preset_names
+    from tera.presets import model_cost
 
-    target = Path(args.target)
-    if target.exists():
-        from tera.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(target)
-        cfg, preset = ckpt.model_cfg, ckpt.metadata.get("preset", "unknown")
-        source = f"{target} ({ckpt.source_format})"
-    elif args.target in preset_names() or args.target.startswith("tera_"):
-        cfg, preset, source = model_config(load_preset(args.target)), args.target, "preset"
-    else:
-        raise UserError(f"{args.target}: neither a checkpoint file nor a known preset "
-                        f"({', '.join(preset_names())})")
+    cfg, preset, source = _info_target(args.target)
     cost = model_cost(cfg)
     facts = {
         "preset": preset, "source": source, "parameters": cost.parameters,
@@ -109,18 +146,39 @@ def run_info(args: argparse.Namespace) -> int:
         "encoder_layers": cfg.encoder_layers, "encoder_embed_dim": cfg.encoder_embed_dim,
         "encoder_ffn_embed_dim": cfg.encoder_ffn_embed_dim,
         "encoder_attention_heads": cfg.encoder_attention_heads,
+        "conv_feature_layers": cfg.conv_feature_layers, "layer_norm_first": cfg.layer_norm_first,
     }
     if args.json:
         print(json.dumps(facts))
         return 0
     print(f"preset: {preset}   ({source})")
     print(f"architecture: {cfg.encoder_layers} layers x {cfg.encoder_embed_dim}, FFN "
-          f"{cfg.encoder_ffn_embed_dim}, {cfg.encoder_attention_heads} heads")
+          f"{cfg.encoder_ffn_embed_dim}, {cfg.encoder_attention_heads} heads, "
+          f"{'pre' if cfg.layer_norm_first else 'post'}-LN")
     print(f"parameters: {cost.parameters:,}")
     print(f"forward FLOPs per second of audio: {cost.flops_per_second:.3e} "
           f"(conv extractor {cost.conv_flops_per_second:.2e}, transformer "
           f"{cost.transformer_flops_per_second:.2e}; 15.6 s utterances)")
     return 0
+
+
+def _info_target(target: str):
+    """(TeraConfig, preset name, where it came from) of a checkpoint path or a preset name."""
+    from tera.presets import load_preset, model_config, preset_names
+
+    if Path(target).exists():
+        from tera.checkpoint import load_checkpoint, preset_name
+
+        ckpt = load_checkpoint(target)
+        return ckpt.model_cfg, preset_name(ckpt), f"{target}, {ckpt.source_format} checkpoint"
+    try:
+        return model_config(load_preset(target)), target, "preset"
+    except UserError:
+        raise UserError(f"{target}: neither a checkpoint nor a known preset "
+                        f"({', '.join(preset_names())})") from None
+
+
+# --- convert --------------------------------------------------------------------------------
 
 
 def run_convert(args: argparse.Namespace) -> int:

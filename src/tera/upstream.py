@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from tera.audio import fbank, mfcc39
+from tera.audio import compute_deltas, fbank, mfcc39
 from tera.errors import UserError
 from tera.model.components import lengths_to_padding_mask
 from tera.model.tera import TeraModel
@@ -30,11 +30,18 @@ log = logging.getLogger(__name__)
 UPSTREAMS = ("tera2", "fbank", "mfcc")
 
 
-def _pad(wavs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(wavs: list[torch.Tensor], device: torch.device | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D waveforms into `[B, S]` (zero padded) with their lengths `[B]`."""
     if not wavs:
         raise UserError("an upstream needs at least one waveform")
-    lengths = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
-    return pad_sequence([w.float() for w in wavs], batch_first=True), lengths
+    for i, wave in enumerate(wavs):
+        if wave.dim() != 1:
+            raise UserError(f"waveform {i} has shape {tuple(wave.shape)}; an upstream takes "
+                            "1-D 16 kHz waveforms")
+    device = device or wavs[0].device
+    lengths = torch.tensor([len(w) for w in wavs], device=device)
+    return pad_sequence([w.to(device, torch.float32) for w in wavs], batch_first=True), lengths
 
 
 class Upstream(nn.Module):
@@ -46,6 +53,7 @@ class Upstream(nn.Module):
     hidden_size = 0
 
     def get_downsample_rate(self) -> int:
+        """Waveform samples per output frame."""
         raise NotImplementedError
 
     def identity(self) -> str:
@@ -53,11 +61,14 @@ class Upstream(nn.Module):
         digest = hashlib.sha256(self.name.encode())
         digest.update(repr(sorted(self.options().items())).encode())
         for key, tensor in sorted(self.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            # As raw bytes, which every dtype (bfloat16 included) can give.
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     def options(self) -> dict:
+        """Settings that change the output without changing the weights."""
         return {}
 
     @staticmethod
@@ -70,7 +81,17 @@ class Upstream(nn.Module):
         }
 
 
+def receptive_field(conv_layers: list[tuple[int, int, int]]) -> int:
+    """Waveform samples one output frame of a conv stack sees (400 for TERA2's)."""
+    field = 1
+    for _, kernel, stride in reversed(conv_layers):
+        field = (field - 1) * stride + kernel
+    return field
+
+
 class TeraUpstream(Upstream):
+    """A TERA2 model: h_0 (the encoder input) and the output of each of its L layers, 50 Hz."""
+
     name = "tera2"
 
     def __init__(self, model: TeraModel) -> None:
@@ -78,6 +99,7 @@ class TeraUpstream(Upstream):
         self.model = model.eval()
         self.num_layers = model.cfg.encoder_layers + 1
         self.hidden_size = model.cfg.encoder_embed_dim
+        self.min_samples = receptive_field(model.cfg.conv_layers)  # samples for one frame
 
     def get_downsample_rate(self) -> int:
         rate = 1
@@ -86,12 +108,20 @@ class TeraUpstream(Upstream):
         return rate
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
-        waves, lengths = _pad(wavs)
+        """wavs: 1-D float 16 kHz tensors -> hidden states `[B, T, D]` x (L+1) (see module)."""
+        waves, lengths = _pad(wavs, self.model.mask_emb.device)
+        shortest = int(lengths.min())
+        if shortest < self.min_samples:
+            raise UserError(f"a waveform has {shortest} samples; tera2 needs at least "
+                            f"{self.min_samples} (one frame)")
+        # One utterance has no padding: no lengths lets the model take its unmasked paths.
         out = self.model(waves, lengths if len(wavs) > 1 else None)
         return self._result(out.hidden_states, out.frame_lengths)
 
 
 class FbankUpstream(Upstream):
+    """80-dim Kaldi log-Mel filterbank at 100 Hz (240-dim with Δ and ΔΔ)."""
+
     name = "fbank"
 
     def __init__(self, num_mel_bins: int = 80, deltas: bool = False) -> None:
@@ -109,8 +139,6 @@ class FbankUpstream(Upstream):
         waves, lengths = _pad(wavs)
         feats, frames = fbank(waves, lengths, num_mel_bins=self.num_mel_bins)
         if self.deltas:
-            from tera.audio import compute_deltas
-
             first = compute_deltas(feats, lengths=frames)
             feats = torch.cat([feats, first, compute_deltas(first, lengths=frames)], dim=-1)
             feats = feats * (~lengths_to_padding_mask(frames, feats.size(1))).unsqueeze(-1)
@@ -118,6 +146,8 @@ class FbankUpstream(Upstream):
 
 
 class MfccUpstream(Upstream):
+    """39-dim Kaldi MFCC + Δ + ΔΔ at 100 Hz (the feature TERA reconstructs)."""
+
     name = "mfcc"
     hidden_size = 39
 
@@ -131,21 +161,23 @@ class MfccUpstream(Upstream):
 
 
 def random_tera(preset: str = "slim", seed: int = 0) -> TeraModel:
-    """A randomly initialised TERA2 of a preset, the same for a given seed."""
+    """A randomly initialised TERA2 of a preset, the same for a given seed (the global RNG
+    is left as it was)."""
     from tera.presets import load_preset, model_config
 
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return TeraModel(model_config(load_preset(preset)))
-    finally:
-        torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TeraModel(model_config(load_preset(preset))).eval()
 
 
 def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "slim",
                   seed: int = 0, deltas: bool = False) -> Upstream:
-    """Build an upstream by name: "tera2" (from `ckpt` in any checkpoint format, or a random
-    model of `preset` when no checkpoint is given), "fbank" or "mfcc"."""
+    """Build an upstream by name.
+
+    "tera2": from `ckpt` in any format `tera.checkpoint.load_checkpoint` reads, or without
+    one a randomly initialised model of `preset` (torch seed `seed`; logged as a warning).
+    "fbank" (`deltas=True` adds Δ and ΔΔ) and "mfcc" take no checkpoint.
+    """
     if name in ("tera2", "tera"):
         if ckpt is None:
             log.warning("tera2 without a checkpoint: a randomly initialised %s model "
@@ -154,17 +186,18 @@ def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "s
         from tera.checkpoint import load_checkpoint
 
         return TeraUpstream(load_checkpoint(ckpt).model)
-    if name == "fbank":
-        return FbankUpstream(deltas=deltas)
-    if name == "mfcc":
-        return MfccUpstream()
-    raise UserError(f"unknown upstream {name!r}; choose one of {', '.join(UPSTREAMS)}")
+    if name not in UPSTREAMS:
+        raise UserError(f"unknown upstream {name!r}; choose one of {', '.join(UPSTREAMS)}")
+    if ckpt is not None:
+        raise UserError(f"the {name} upstream takes no checkpoint (got {ckpt})")
+    return FbankUpstream(deltas=deltas) if name == "fbank" else MfccUpstream()
 
 
 class Featurizer(nn.Module):
     """SUPERB's weighted sum of an upstream's layers with learnable softmax weights.
 
-    With `layer_norm`, each layer is normalised (no affine) before the sum.
+    With `layer_norm`, each layer is normalised over its features (no affine) before the sum.
+    A single layer passes through unchanged.
     """
 
     def __init__(self, num_layers: int, hidden_size: int, layer_norm: bool = False) -> None:
@@ -174,9 +207,11 @@ class Featurizer(nn.Module):
 
     @property
     def layer_weights(self) -> torch.Tensor:
+        """softmax of the learned weights, `[num_layers]`, detached."""
         return F.softmax(self.weights.detach(), dim=0)
 
     def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        """hidden_states: `num_layers` tensors `[B, T, D]` -> `[B, T, D]`."""
         if len(hidden_states) != self.weights.numel():
             raise UserError(f"the featurizer expects {self.weights.numel()} layers, got "
                             f"{len(hidden_states)}")
