@@ -90,8 +90,10 @@ def test_overrides_follow_s3prl_syntax():
         load_recipe("ks", None, None, ["runner.total_step=7"])
 
 
-@pytest.mark.parametrize("task, low, high", [("ks", 0, 1), ("sid", 0, 1), ("pr", 0, 2),
-                                              ("asr", 0, 2), ("asv", 0, 1)])
+# After 6 steps a CTC head can emit a symbol on most frames: error rates far above 100 %
+# (insertions) are possible, bounded by the frame count (a few per reference token here).
+@pytest.mark.parametrize("task, low, high", [("ks", 0, 1), ("sid", 0, 1), ("pr", 0, 5),
+                                              ("asr", 0, 5), ("asv", 0, 1)])
 def test_task_end_to_end(small_corpus, tmp_path, task, low, high):
     expdir = tmp_path / task
     results = run(task, upstream="tera2", upstream_preset="tiny", expdir=expdir,

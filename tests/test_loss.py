@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tera.audio import load_audio, tera_targets
 from tera.model.tera import TeraModel
-from tera.pretrain.loss import tera_loss
+from tera.pretrain.loss import TargetStats, target_statistics, tera_loss
 
 from .paths import FLAC
 from .test_model import small_config
@@ -120,3 +120,27 @@ def test_bf16_training_step_runs_and_is_finite(utterance):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.isfinite(result.loss) and all(torch.isfinite(g).all() for g in grads)
     assert F.l1_loss(result.reconstruction, result.reconstruction.float()) == 0
+
+
+def test_dataset_statistics_standardise_the_targets(utterance):
+    pieces = [utterance[:16000], utterance[16000:40000], utterance[40000:] * 3.0]
+    stats = target_statistics(pieces)
+    frames = torch.cat([tera_targets(p.unsqueeze(0))[0][0] for p in pieces])
+    standardised = stats.standardize(frames.unsqueeze(0))[0]
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(78), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(0, unbiased=False), torch.ones(78), atol=1e-3,
+                               rtol=0)
+    # unlike per-utterance standardisation, what tells utterances apart stays: the louder
+    # piece keeps a higher c0
+    loud = stats.standardize(tera_targets(pieces[2].unsqueeze(0))[0])[0, :, 0].mean()
+    quiet = stats.standardize(tera_targets(pieces[1].unsqueeze(0))[0])[0, :, 0].mean()
+    assert loud > quiet + 0.5
+    restored = TargetStats.from_dict(stats.to_dict())
+    assert torch.equal(restored.mean, stats.mean) and torch.equal(restored.std, stats.std)
+
+
+def test_dataset_norm_needs_statistics(utterance):
+    model = TeraModel(small_config())
+    with pytest.raises(ValueError, match="target_stats"):
+        tera_loss(model, utterance.view(1, -1), target_norm="dataset")
+

@@ -129,11 +129,25 @@ def test_stopped_and_resumed_run_ends_with_identical_weights(manifest, tmp_path)
     assert summary["update"] == 6
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    # tiny standardises its targets with training-set statistics, kept in the checkpoint
+    saved = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=True)
+    stats = saved["extra_state"]["tera"]["target_stats"]
+    assert len(stats["mean"]) == 78 and min(stats["std"]) > 0
+    assert torch.equal(resumed.target_stats.mean, straight.target_stats.mean)
     log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").open()]
     assert [r["update"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert any("valid_loss" in r for r in log)
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "config.yaml"):
         assert (tmp_path / "resumed" / name).is_file()
+
+
+def test_signal_handlers_are_given_back_after_training(manifest, tmp_path):
+    """`tera study` goes on after a pre-training: Ctrl-C must interrupt it again."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    Trainer(run_config(manifest, tmp_path, "optimization.max_update=1")).train()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_corrupt_last_checkpoint_is_detected(manifest, tmp_path):

@@ -167,6 +167,24 @@ def test_featurizer_single_layer_and_wrong_count():
         Featurizer(3, 4)([torch.zeros(1, 2, 4)] * 2)
 
 
+def test_featurizer_standardises_each_layer_and_keeps_padding_zero():
+    featurizer = Featurizer(2, 3, standardize=True)
+    mean = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 5.0]])
+    std = torch.tensor([[2.0, 1.0, 0.5], [1.0, 4.0, 2.0]])
+    featurizer.set_statistics(mean, std)
+    layers_ = [torch.randn(2, 4, 3) * 3 + 1 for _ in range(2)]
+    lengths = torch.tensor([4, 2])
+    mixed = featurizer(layers_, lengths)
+    expected = sum((x - m) / s for x, m, s in zip(layers_, mean, std)) / 2
+    torch.testing.assert_close(mixed[0], expected[0])
+    torch.testing.assert_close(mixed[1, :2], expected[1, :2])
+    assert (mixed[1, 2:] == 0).all()
+    # the statistics travel with the featurizer's state (downstream checkpoints)
+    restored = Featurizer(2, 3, standardize=True)
+    restored.load_state_dict(featurizer.state_dict())
+    torch.testing.assert_close(restored(layers_, lengths), mixed)
+
+
 def test_featurizer_on_upstream_output(flac):
     upstream = load_upstream("tera2", S3PRL)
     featurizer = Featurizer(upstream.num_layers, upstream.hidden_size)

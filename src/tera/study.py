@@ -45,18 +45,36 @@ def study_config(path: str | Path | None, quick: bool) -> DictConfig:
     return OmegaConf.load(path)
 
 
-class Progress:
-    """Step counter with elapsed time and a rough ETA, one line per step."""
+# Rough seconds per step on a 2-core CPU, measured on the default study: only the ratios
+# matter, the ETA rescales them by the time the finished steps really took.
+SECONDS_PER_PRETRAIN_UPDATE = 0.21  # the 100 % model; every run of a budget costs the same
+SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.033, "ks": 0.007, "sid": 0.017, "asr": 0.19,
+                               "asv": 0.08}
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+class Progress:
+    """One line per step with the elapsed time and an ETA.
+
+    Steps have expected costs; the ETA is the remaining cost times the ratio of time taken
+    to cost for the steps that did work (a step found done on a re-run takes no time and
+    does not count)."""
+
+    def __init__(self, costs: list[float]) -> None:
+        self.costs, self.done, self.started = costs, 0, time.perf_counter()
+        self.last = self.started
+        self.spent = self.counted = 0.0  # seconds and cost of the steps that did work
 
     def step(self, text: str) -> None:
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else None
-        eta_text = f", ETA {eta / 60:.0f} min" if eta is not None else ""
-        print(f"[study {self.done + 1}/{self.total} | {elapsed / 60:.1f} min{eta_text}] {text}",
-              file=sys.stderr, flush=True)
+        now = time.perf_counter()
+        if self.done:
+            taken, cost = now - self.last, self.costs[self.done - 1]
+            if taken > 0.05 * cost:
+                self.spent, self.counted = self.spent + taken, self.counted + cost
+        self.last = now
+        remaining = sum(self.costs[self.done:])
+        rate = self.spent / self.counted if self.counted else 1.0
+        print(f"[study {self.done + 1}/{len(self.costs)} | {(now - self.started) / 60:.1f} min, "
+              f"ETA {remaining * rate / 60:.0f} min] {text}", file=sys.stderr, flush=True)
         self.done += 1
 
 
@@ -72,8 +90,13 @@ def run_study(config: str | Path | None = None, quick: bool = False,
     runs = pretrain_runs(spec, out)
     upstreams = [("fbank", "fbank", None)] if "fbank" in spec.downstream.baselines else []
     tasks = list(spec.downstream.tasks)
-    steps = 1 + len(runs) + (len(runs) + len(spec.downstream.baselines)) * len(tasks) + 1
-    progress = Progress(steps)
+    upstream_count = len(runs) + len(spec.downstream.baselines)
+    progress = Progress(
+        [30.0]
+        + [run.budget * spec.pretrain.budget_updates * SECONDS_PER_PRETRAIN_UPDATE
+           for run in runs]
+        + [downstream_cost(spec, task) for task in tasks] * upstream_count
+        + [5.0])
 
     progress.step(f"corpus {spec.corpus.preset} in {corpus}")
     if not spec.corpus.root:
@@ -167,7 +190,8 @@ def pretrain_once(spec: DictConfig, run: PretrainRun, manifest: Path) -> None:
         meta = torch.load(last, weights_only=True)["extra_state"]["tera"]
         if int(meta["update"]) >= max_update:
             return
-    pretrain(cfg)
+    if pretrain(cfg)["stopped"]:  # Ctrl-C / SIGTERM: the checkpoint is saved; stop the study
+        raise KeyboardInterrupt
 
 
 def save_random_model(spec: DictConfig, path: Path) -> Path:
@@ -202,6 +226,16 @@ def downstream_once(spec: DictConfig, task: str, kind: str, ckpt: str | None, co
     overrides = list(spec.downstream.overrides.get(task, []))
     return run(task, upstream=kind, upstream_ckpt=ckpt, expdir=expdir, data_root=corpus,
                overrides=overrides)
+
+
+def downstream_cost(spec: DictConfig, task: str) -> float:
+    """Expected seconds of one downstream run (for the ETA)."""
+    from tera.downstream.runner import load_recipe
+
+    embedded = not spec.corpus.root or (Path(spec.corpus.root) / "summary.json").is_file()
+    recipe = load_recipe(task, None, "embedded" if embedded else None,
+                         list(spec.downstream.overrides.get(task, [])))
+    return 10.0 + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * int(recipe.runner.total_steps)
 
 
 def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[PretrainRun],

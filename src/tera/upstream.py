@@ -197,27 +197,49 @@ class Featurizer(nn.Module):
     """SUPERB's weighted sum of an upstream's layers with learnable softmax weights.
 
     With `layer_norm`, each layer is normalised over its features (no affine) before the sum.
-    A single layer passes through unchanged.
+    With `standardize`, each layer's features are first standardised with fixed per-dimension
+    statistics of the training set (`set_statistics`): heads trained for a few thousand steps
+    (the CPU profiles) otherwise spend them scaling their weights to the upstream's range,
+    which favours upstreams with large feature values. A single layer passes through
+    unchanged unless standardised.
     """
 
-    def __init__(self, num_layers: int, hidden_size: int, layer_norm: bool = False) -> None:
+    def __init__(self, num_layers: int, hidden_size: int, layer_norm: bool = False,
+                 standardize: bool = False) -> None:
         super().__init__()
-        self.hidden_size, self.layer_norm = hidden_size, layer_norm
+        self.hidden_size, self.layer_norm, self.standardize = hidden_size, layer_norm, standardize
         self.weights = nn.Parameter(torch.zeros(num_layers))
+        if standardize:
+            self.register_buffer("feature_mean", torch.zeros(num_layers, hidden_size))
+            self.register_buffer("feature_std", torch.ones(num_layers, hidden_size))
 
     @property
     def layer_weights(self) -> torch.Tensor:
         """softmax of the learned weights, `[num_layers]`, detached."""
         return F.softmax(self.weights.detach(), dim=0)
 
-    def forward(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
-        """hidden_states: `num_layers` tensors `[B, T, D]` -> `[B, T, D]`."""
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-layer feature mean and standard deviation, each `[num_layers, hidden_size]`."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp(min=1e-5))
+
+    def forward(self, hidden_states: list[torch.Tensor],
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states: `num_layers` tensors `[B, T, D]` -> `[B, T, D]`; with `lengths`
+        (`[B]` valid frames) padding stays zero after standardisation."""
         if len(hidden_states) != self.weights.numel():
             raise UserError(f"the featurizer expects {self.weights.numel()} layers, got "
                             f"{len(hidden_states)}")
-        if len(hidden_states) == 1:
+        if len(hidden_states) == 1 and not self.standardize:
             return hidden_states[0]
         stacked = torch.stack(hidden_states)  # [L, B, T, D]
+        if self.standardize:
+            stacked = (stacked - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
+            if lengths is not None:
+                valid = torch.arange(stacked.size(2), device=stacked.device) < lengths[:, None]
+                stacked = stacked * valid[None, :, :, None].to(stacked.dtype)
+        if len(hidden_states) == 1:
+            return stacked[0]
         if self.layer_norm:
             stacked = F.layer_norm(stacked, stacked.shape[-1:])
         weights = F.softmax(self.weights, dim=0).to(stacked.dtype)

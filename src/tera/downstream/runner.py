@@ -130,7 +130,9 @@ class Run:
             p.requires_grad_(False)
         self.cache = FeatureCache(self.upstream, expdir / "feature_cache", enabled=cache)
         self.featurizer = Featurizer(self.upstream.num_layers, self.upstream.hidden_size,
-                                     bool(cfg.featurizer.layer_norm)).to(self.device)
+                                     bool(cfg.featurizer.layer_norm),
+                                     bool(cfg.featurizer.get("standardize", False))
+                                     ).to(self.device)
         self.head: torch.nn.Module | None = None
         self.step = 0
         self.best: float | None = None
@@ -142,7 +144,26 @@ class Run:
 
     def features(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         layers, lengths = pad_states(self.cache.states(utts, self.device), self.device)
-        return self.featurizer(layers), lengths
+        return self.featurizer(layers, lengths), lengths
+
+    @torch.no_grad()
+    def standardize_features(self, train: list[Utterance], max_utterances: int = 2000) -> None:
+        """Per-layer feature mean and std over (up to `max_utterances` of) the training set,
+        for the featurizer's `standardize` option. The states land in the cache for
+        training."""
+        picks = train[:: max(1, len(train) // max_utterances)]
+        total = squares = None
+        count = 0
+        for batch in self.batches(picks, shuffle=False):
+            for states in self.cache.states(batch, self.device):  # [L, T, D]
+                states = states.double()
+                total = states.sum(1) if total is None else total + states.sum(1)
+                squares = (states.pow(2).sum(1) if squares is None
+                           else squares + states.pow(2).sum(1))
+                count += states.size(1)
+        mean = total / count
+        std = (squares / count - mean.pow(2)).clamp(min=0).sqrt()
+        self.featurizer.set_statistics(mean.float(), std.float())
 
     def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
         sizes = [segment_samples(u) for u in utts]
@@ -194,6 +215,8 @@ class Run:
         train = self.task.examples(self.task.train_split)
         if self.head is None:
             self.task.prepare(train)
+            if self.featurizer.standardize:
+                self.standardize_features(train)
             self.build()
         total, accumulate = int(runner.total_steps), int(runner.gradient_accumulate_steps)
         bar = tqdm(total=total, initial=self.step, desc=f"{self.task.name} train", unit="step",

@@ -32,7 +32,7 @@ from tera.model.tera import TeraModel
 from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
 from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, collate
-from tera.pretrain.loss import tera_loss
+from tera.pretrain.loss import TargetStats, target_statistics, tera_loss
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -117,6 +117,7 @@ class Trainer:
         self.flops_per_sample = 3 * forward_flops(self.model_cfg, task.max_sample_size)["total"] \
             / task.max_sample_size
         self.train_flops = 0.0
+        self.target_stats: TargetStats | None = None  # criterion.target_norm "dataset"
         self.stop_requested = False
 
     # --- the loop ------------------------------------------------------------------------
@@ -125,9 +126,19 @@ class Trainer:
         cfg = self.cfg
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
+        if cfg.criterion.target_norm == "dataset" and self.target_stats is None:
+            self.target_stats = self._target_statistics()
         if self.is_main:
             OmegaConf.save(cfg, self.save_dir / "config.yaml")
-        self._install_signal_handlers()
+        previous_handlers = self._install_signal_handlers()
+        try:
+            return self._train_loop()
+        finally:  # a caller that goes on (tera study) gets Ctrl-C back
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    def _train_loop(self) -> dict:
+        cfg = self.cfg
         writer = self._tensorboard()
         max_update = int(cfg.optimization.max_update)
         update_freq = int(cfg.optimization.update_freq)
@@ -174,6 +185,13 @@ class Trainer:
                 "wall_time_s": self.wall_time, "train_flops": self.train_flops,
                 "stopped": self.stop_requested}
 
+    def _target_statistics(self, max_utterances: int = 256) -> TargetStats:
+        """Target mean and std from up to `max_utterances` training crops spread evenly over
+        the manifest: the same on every rank, kept in the checkpoint for resumed runs."""
+        count = len(self.train_set)
+        picks = sorted({i * count // max_utterances for i in range(min(count, max_utterances))})
+        return target_statistics(self.train_set[i] for i in picks)
+
     def _batches(self):
         """Iterate the rest of the current epoch, counting consumed batches in the state."""
         self.train_set.epoch = self.sampler.state.epoch
@@ -206,7 +224,8 @@ class Trainer:
             with sync, self._autocast():
                 out = tera_loss(self.ddp, waves, lengths,
                                 feature_pen_weight=float(cfg.criterion.feature_pen_weight),
-                                target_norm=str(cfg.criterion.target_norm))
+                                target_norm=str(cfg.criterion.target_norm),
+                                target_stats=self.target_stats)
                 loss = out.loss / len(micro)
             self.scaler.scale(loss).backward()
             totals["loss"] += out.loss.item() / len(micro)
@@ -242,7 +261,8 @@ class Trainer:
             with self._autocast():
                 out = tera_loss(self.model, waves.to(self.device), lengths.to(self.device),
                                 feature_pen_weight=float(self.cfg.criterion.feature_pen_weight),
-                                target_norm=str(self.cfg.criterion.target_norm))
+                                target_norm=str(self.cfg.criterion.target_norm),
+                                target_stats=self.target_stats)
             total += out.loss.item() * len(lengths)
             count += len(lengths)
         self.model.train()
@@ -311,6 +331,8 @@ class Trainer:
                 "train_flops": self.train_flops,
                 "world_size": self.world_size,
                 "scaler": self.scaler.state_dict(),
+                "target_stats": None if self.target_stats is None
+                else self.target_stats.to_dict(),
             }},
             "last_optimizer_state": self.optimizer.state_dict(),
             "optimizer_history": [{"optimizer_name": "AdamW", "num_updates": self.update}],
@@ -361,18 +383,24 @@ class Trainer:
         self.audio_seconds = float(meta["audio_seconds"])
         self.train_flops = float(meta["train_flops"])
         self.sampler.state = SamplerState(int(meta["epoch"]), int(meta["position"]))
+        if meta.get("target_stats"):
+            self.target_stats = TargetStats.from_dict(meta["target_stats"])
         if self.is_main:
             print(f"resuming from {path} at update {self.update}", file=sys.stderr)
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
+        """SIGINT / SIGTERM finish the current update, save and stop; returns the handlers
+        they replace."""
         def request_stop(signum, frame):  # noqa: ARG001
             self.stop_requested = True
 
+        previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, request_stop)
+                previous[sig] = signal.signal(sig, request_stop)
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
                 pass
+        return previous
 
 
 class _Window:
