@@ -23,7 +23,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from tera.corpora import Utterance, read_segment, voxceleb1
 from tera.corpora.base import default_corpus_dir
-from tera.downstream.metrics import equal_error_rate
+from tera.downstream.asv import AsvTask
 from tera.upstream import Upstream, load_upstream
 
 
@@ -40,19 +40,16 @@ def pooled_states(upstream: Upstream, utts: list[Utterance], batch: int = 16) ->
     return np.stack(rows)
 
 
-def trial_eer(embeddings: np.ndarray, index: dict[str, int], trials) -> float:
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    scores = [float(unit[index[a.id]] @ unit[index[b.id]]) for _, a, b in trials]
-    return equal_error_rate([label for label, _, _ in trials], scores)
-
-
 def probe(upstream: Upstream, root: Path, trial_list: str = "veri_test2.txt") -> dict:
-    train = voxceleb1.load_verification_train(root)
-    trials = voxceleb1.load_trials(root, trial_list)
-    test = sorted({u.id: u for _, a, b in trials for u in (a, b)}.values(), key=lambda u: u.id)
-    index = {u.id: i for i, u in enumerate(test)}
+    task = AsvTask(root, {"datarc": {"trial_list": trial_list}})  # its trials and scoring
+    train, test = voxceleb1.load_verification_train(root), task.examples("test")
     x_train, x_test = pooled_states(upstream, train), pooled_states(upstream, test)
     speakers = [u.speaker for u in train]
+
+    def eer(embeddings: np.ndarray) -> float:
+        unit = torch.nn.functional.normalize(torch.from_numpy(embeddings).double(), dim=1)
+        return round(100 * task.score(test, list(unit), "test")[0], 2)
+
     views = {f"layer {i}": (x_train[:, i], x_test[:, i]) for i in range(x_train.shape[1])}
     views["all layers"] = (x_train.reshape(len(train), -1), x_test.reshape(len(test), -1))
     result = {}
@@ -61,9 +58,7 @@ def probe(upstream: Upstream, root: Path, trial_list: str = "veri_test2.txt") ->
         a, b = (a - mean) / std, (b - mean) / std
         lda = LinearDiscriminantAnalysis(n_components=min(30, len(set(speakers)) - 1),
                                          solver="eigen", shrinkage="auto").fit(a, speakers)
-        result[name] = {"cosine_eer": round(100 * trial_eer(b, index, trials), 2),
-                        "lda_cosine_eer": round(100 * trial_eer(lda.transform(b), index, trials),
-                                                2)}
+        result[name] = {"cosine_eer": eer(b), "lda_cosine_eer": eer(lda.transform(b))}
     return result
 
 

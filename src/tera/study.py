@@ -230,9 +230,10 @@ def downstream_once(spec: DictConfig, task: str, kind: str, ckpt: str | None, co
 
 def downstream_cost(spec: DictConfig, task: str) -> float:
     """Expected seconds of one downstream run (for the ETA)."""
+    from tera.corpora import is_embedded_corpus
     from tera.downstream.runner import load_recipe
 
-    embedded = not spec.corpus.root or (Path(spec.corpus.root) / "summary.json").is_file()
+    embedded = not spec.corpus.root or is_embedded_corpus(Path(spec.corpus.root))
     recipe = load_recipe(task, None, "embedded" if embedded else None,
                          list(spec.downstream.overrides.get(task, [])))
     return 10.0 + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * int(recipe.runner.total_steps)

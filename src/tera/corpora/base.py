@@ -44,3 +44,9 @@ def tera_home() -> Path:
 def default_corpus_dir(preset: str = "default") -> Path:
     """Where `tera corpus synth` puts the embedded corpus unless told otherwise."""
     return tera_home() / f"corpus-{preset}"
+
+
+def is_embedded_corpus(root: Path) -> bool:
+    """Whether `root` holds a generated embedded corpus (`tera corpus synth` writes its
+    summary last)."""
+    return (root / "summary.json").is_file()

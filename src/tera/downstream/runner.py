@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from tera.checkpoint import save_atomic
-from tera.corpora import Utterance, default_corpus_dir
+from tera.corpora import Utterance, default_corpus_dir, is_embedded_corpus
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Task
@@ -31,6 +31,7 @@ from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
+from tera.model.components import frame_mean_std
 from tera.upstream import Featurizer, load_upstream
 
 TASKS: dict[str, type[Task]] = {"asr": AsrTask, "pr": PrTask, "ks": KsTask, "sid": SidTask,
@@ -102,7 +103,7 @@ def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
 def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bool]:
     """(the task's corpus folder, whether it is the embedded corpus)."""
     root = Path(data_root) if data_root else default_corpus_dir("default")
-    if (root / "summary.json").is_file():  # an embedded corpus: pick its part
+    if is_embedded_corpus(root):  # pick its part
         return root / CORPUS_PART[task], True
     if not root.exists():
         raise UserError(f"{root}: no data. Generate the embedded corpus with `tera corpus "
@@ -152,18 +153,9 @@ class Run:
         for the featurizer's `standardize` option. The states land in the cache for
         training."""
         picks = train[:: max(1, len(train) // max_utterances)]
-        total = squares = None
-        count = 0
-        for batch in self.batches(picks, shuffle=False):
-            for states in self.cache.states(batch, self.device):  # [L, T, D]
-                states = states.double()
-                total = states.sum(1) if total is None else total + states.sum(1)
-                squares = (states.pow(2).sum(1) if squares is None
-                           else squares + states.pow(2).sum(1))
-                count += states.size(1)
-        mean = total / count
-        std = (squares / count - mean.pow(2)).clamp(min=0).sqrt()
-        self.featurizer.set_statistics(mean.float(), std.float())
+        mean, std = frame_mean_std(states for batch in self.batches(picks, shuffle=False)
+                                   for states in self.cache.states(batch, self.device))
+        self.featurizer.set_statistics(mean, std)
 
     def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
         sizes = [segment_samples(u) for u in utts]

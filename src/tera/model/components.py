@@ -12,6 +12,7 @@ state-dict keys are a compatibility contract (SPEC §2).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,22 @@ def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5
     mean = (x * valid).sum(1, keepdim=True) / count
     var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / count
     return (x - mean) * torch.rsqrt(var + eps) * valid
+
+
+def frame_mean_std(chunks: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over all frames of `chunks`, each `[..., frame, feature]`
+    (the leading shape the same in every chunk), per leading index and feature; accumulated
+    in float64, returned in float32."""
+    count, total, squares = 0, 0.0, 0.0
+    for chunk in chunks:
+        chunk = chunk.double()
+        count += chunk.size(-2)
+        total = total + chunk.sum(-2)
+        squares = squares + chunk.pow(2).sum(-2)
+    if count == 0:
+        raise ValueError("no frames to compute statistics from")
+    mean = total / count
+    return mean.float(), (squares / count - mean.pow(2)).clamp(min=0).sqrt().float()
 
 
 class GradMultiply(torch.autograd.Function):

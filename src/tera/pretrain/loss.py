@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tera.audio import tera_targets
-from tera.model.components import masked_standardize
-from tera.model.config import TARGET_DIM
+from tera.model.components import frame_mean_std, masked_standardize
 from tera.model.tera import TeraModel
 
 
@@ -37,20 +36,9 @@ class TargetStats:
 
 def target_statistics(waves: Iterable[torch.Tensor]) -> TargetStats:
     """Mean and standard deviation of every target dimension over all frames of `waves`
-    (1-D 16 kHz tensors), accumulated in float64."""
-    count, total, squares = 0, torch.zeros(TARGET_DIM, dtype=torch.float64), \
-        torch.zeros(TARGET_DIM, dtype=torch.float64)
-    for wave in waves:
-        targets, _ = tera_targets(wave.unsqueeze(0))
-        frames = targets[0].double()
-        count += frames.size(0)
-        total += frames.sum(0)
-        squares += frames.pow(2).sum(0)
-    if count == 0:
-        raise ValueError("no frames to compute target statistics from")
-    mean = total / count
-    std = (squares / count - mean.pow(2)).clamp(min=1e-8).sqrt()
-    return TargetStats(mean.float(), std.float())
+    (1-D 16 kHz tensors)."""
+    mean, std = frame_mean_std(tera_targets(wave.unsqueeze(0))[0][0] for wave in waves)
+    return TargetStats(mean, std.clamp(min=1e-4))
 
 
 @dataclass

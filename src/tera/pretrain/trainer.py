@@ -32,7 +32,7 @@ from tera.model.tera import TeraModel
 from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
 from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, collate
-from tera.pretrain.loss import TargetStats, target_statistics, tera_loss
+from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -185,6 +185,14 @@ class Trainer:
                 "wall_time_s": self.wall_time, "train_flops": self.train_flops,
                 "stopped": self.stop_requested}
 
+    def _loss(self, model: torch.nn.Module, waves: torch.Tensor, lengths: torch.Tensor
+              ) -> LossOutput:
+        """The configured criterion on one batch (training and validation alike)."""
+        criterion = self.cfg.criterion
+        return tera_loss(model, waves, lengths,
+                         feature_pen_weight=float(criterion.feature_pen_weight),
+                         target_norm=str(criterion.target_norm), target_stats=self.target_stats)
+
     def _target_statistics(self, max_utterances: int = 256) -> TargetStats:
         """Target mean and std from up to `max_utterances` training crops spread evenly over
         the manifest: the same on every rank, kept in the checkpoint for resumed runs."""
@@ -222,10 +230,7 @@ class Trainer:
             last = i == len(micro) - 1
             sync = nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
             with sync, self._autocast():
-                out = tera_loss(self.ddp, waves, lengths,
-                                feature_pen_weight=float(cfg.criterion.feature_pen_weight),
-                                target_norm=str(cfg.criterion.target_norm),
-                                target_stats=self.target_stats)
+                out = self._loss(self.ddp, waves, lengths)
                 loss = out.loss / len(micro)
             self.scaler.scale(loss).backward()
             totals["loss"] += out.loss.item() / len(micro)
@@ -259,10 +264,7 @@ class Trainer:
         for number, (waves, lengths) in enumerate(loader):
             torch.manual_seed(_mix(self.seed, -1, number, 0))  # the same masks every time
             with self._autocast():
-                out = tera_loss(self.model, waves.to(self.device), lengths.to(self.device),
-                                feature_pen_weight=float(self.cfg.criterion.feature_pen_weight),
-                                target_norm=str(self.cfg.criterion.target_norm),
-                                target_stats=self.target_stats)
+                out = self._loss(self.model, waves.to(self.device), lengths.to(self.device))
             total += out.loss.item() * len(lengths)
             count += len(lengths)
         self.model.train()
