@@ -64,3 +64,23 @@ def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
     # a second run finds everything done and only rewrites the report
     capsys.readouterr()
     assert main(["study", "--config", str(config), "--out", str(out)]) == 0
+
+
+def test_shipped_study_files_build_every_model(tmp_path):
+    # the overrides of the shipped files (the conv extractor spec included) must parse and
+    # give the model sizes in the right order, with the random baseline the 100 % model
+    from tera.presets import count_parameters, model_config
+    from tera.study import _config, pretrain_runs, save_random_model, study_config
+
+    for quick in (False, True):
+        spec = study_config(None, quick)
+        runs = pretrain_runs(spec, tmp_path)
+        sizes = {}
+        for run in runs:
+            cfg = _config(spec, run.overrides, tmp_path, run.save_dir)
+            assert cfg.model.conv_feature_layers.startswith("[(64,10,5)]")
+            sizes[run.size] = count_parameters(model_config(cfg))
+        assert sizes[30.0] < sizes[100.0] < sizes[200.0]
+        random_dir = save_random_model(spec, tmp_path / f"random_{quick}")
+        config = json.loads((random_dir / "config.json").read_text())["model_cfg"]
+        assert config["conv_feature_layers"] == cfg.model.conv_feature_layers
