@@ -75,12 +75,13 @@ def test_shipped_study_files_build_every_model(tmp_path):
     for quick in (False, True):
         spec = study_config(None, quick)
         runs = pretrain_runs(spec, tmp_path)
-        sizes = {}
+        sizes, conv = {}, {}
         for run in runs:
             cfg = _config(spec, run.overrides, tmp_path, run.save_dir)
-            assert cfg.model.conv_feature_layers.startswith("[(64,10,5)]")
+            conv[run.size] = cfg.model.conv_feature_layers
             sizes[run.size] = count_parameters(model_config(cfg))
+        assert all(layers.startswith("[(64,10,5)]") for layers in conv.values())
         assert sizes[30.0] < sizes[100.0] < sizes[200.0]
         random_dir = save_random_model(spec, tmp_path / f"random_{quick}")
         config = json.loads((random_dir / "config.json").read_text())["model_cfg"]
-        assert config["conv_feature_layers"] == cfg.model.conv_feature_layers
+        assert config["conv_feature_layers"] == conv[100.0]
