@@ -6,13 +6,19 @@
     4. report.md / report.json with the SUPERB table, the valley curve, the loss curves and
        the learned layer weights
 
-Every step leaves its output in the study folder; a step whose output is complete is
-skipped when the study runs again, so an interrupted study continues where it stopped.
+Steps 2 and 3 are jobs, each a `tera pretrain` or `tera downstream` command (the command
+line heads its log in `logs/`), run two at a time on a CPU. Every job leaves its output in
+the study folder; a job whose output is complete is skipped when the study runs again, and
+an unfinished one resumes, so an interrupted study continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -45,93 +51,217 @@ def study_config(path: str | Path | None, quick: bool) -> DictConfig:
     return OmegaConf.load(path)
 
 
-# Rough seconds per step on a 2-core CPU, measured on the default study: only the ratios
-# matter, the ETA rescales them by the time the finished steps really took.
-SECONDS_PER_PRETRAIN_UPDATE = 0.19  # the 100 % model; every run of a budget costs the same
-SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.033, "ks": 0.007, "sid": 0.017, "asr": 0.19,
-                               "asv": 0.08}
+# Rough seconds per step of a job running beside another on a 2-core CPU (one thread each),
+# measured on the default study: only the ratios matter, the ETA rescales them by the time
+# the finished jobs really took.
+SECONDS_PER_PRETRAIN_UPDATE = 0.17  # the 100 % model; x (size / 100) ** 0.25 for the others
+SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.045, "ks": 0.01, "sid": 0.024, "asr": 0.27,
+                               "asv": 0.11}
 
 
-class Progress:
-    """One line per step with the elapsed time and an ETA.
+@dataclass(eq=False)
+class Job:
+    """One step of the study: a `tera` command whose output lands in the study folder."""
 
-    Steps have expected costs; the ETA is the remaining cost times the ratio of time taken
-    to cost for the steps that did work (a step found done on a re-run takes no time and
-    does not count)."""
+    name: str  # what the progress lines call it
+    args: list[str]  # the `tera` command line that does it
+    log: Path  # its stdout and stderr
+    cost: float  # expected seconds, for the ETA
+    total: int  # its updates or steps, for the progress lines
+    needs: Job | None = None  # starts only once this one has finished
 
-    def __init__(self, costs: list[float]) -> None:
-        self.costs, self.done, self.started = costs, 0, time.perf_counter()
-        self.last = self.started
-        self.spent = self.counted = 0.0  # seconds and cost of the steps that did work
 
-    def step(self, text: str) -> None:
-        now = time.perf_counter()
-        if self.done:
-            taken, cost = now - self.last, self.costs[self.done - 1]
-            if taken > 0.05 * cost:
-                self.spent, self.counted = self.spent + taken, self.counted + cost
-        self.last = now
-        remaining = sum(self.costs[self.done:])
-        rate = self.spent / self.counted if self.counted else 1.0
-        print(f"[study {self.done + 1}/{len(self.costs)} | {(now - self.started) / 60:.1f} min, "
-              f"ETA {remaining * rate / 60:.0f} min] {text}", file=sys.stderr, flush=True)
-        self.done += 1
+def default_jobs() -> int:
+    """Two jobs at a time on a CPU (tiny models use two cores poorly: two one-thread jobs do
+    1.4-1.5x the work of one two-thread job here), one on a GPU."""
+    return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
 
 
 def run_study(config: str | Path | None = None, quick: bool = False,
-              out: str | Path | None = None) -> Path:
+              out: str | Path | None = None, jobs: int | None = None) -> Path:
     from tera.corpora import default_corpus_dir
     from tera.corpora.synthetic import synthesize
 
     spec = study_config(config, quick)
     out = Path(out or ("study-quick" if quick else "study"))
     out.mkdir(parents=True, exist_ok=True)
+    workers = jobs or default_jobs()
+    threads = max(1, (os.cpu_count() or 1) // workers)
     corpus = Path(spec.corpus.root) if spec.corpus.root else default_corpus_dir(spec.corpus.preset)
-    runs = pretrain_runs(spec, out)
-    upstreams = [("fbank", "fbank", None)] if "fbank" in spec.downstream.baselines else []
-    tasks = list(spec.downstream.tasks)
-    upstream_count = len(runs) + len(spec.downstream.baselines)
-    progress = Progress(
-        [30.0]
-        + [run.budget * spec.pretrain.budget_updates * SECONDS_PER_PRETRAIN_UPDATE
-           for run in runs]
-        + [downstream_cost(spec, task) for task in tasks] * upstream_count
-        + [5.0])
-
-    progress.step(f"corpus {spec.corpus.preset} in {corpus}")
+    started = time.perf_counter()
+    say(started, f"corpus {spec.corpus.preset} in {corpus}")
     if not spec.corpus.root:
         synthesize(corpus, spec.corpus.preset, int(spec.corpus.seed))
     manifest = out / "manifest"
     if not (manifest / "train.tsv").is_file():
         write_training_manifest(corpus, manifest)
 
-    for run in runs:
-        progress.step(f"pre-train {run.name}")
-        pretrain_once(spec, run, manifest)
-    random_ckpt = None
+    runs = pretrain_runs(spec, out)
+    todo: list[Job] = []
+    pretraining = {run.name: pretrain_job(spec, run, manifest, out, threads) for run in runs}
+    todo += [job for job in pretraining.values() if job is not None]
+    upstreams = [(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt")) for run in runs]
+    if "fbank" in spec.downstream.baselines:
+        upstreams.append(("fbank", "fbank", None))
     if "random" in spec.downstream.baselines:
-        random_ckpt = save_random_model(spec, out / "random_init")
-        upstreams.append(("random TERA (100 %)", "tera2", str(random_ckpt)))
-    upstreams = [(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt")) for run in runs] \
-        + upstreams
+        upstreams.append(("random TERA (100 %)", "tera2",
+                          str(save_random_model(spec, out / "random_init"))))
+    tasks = list(spec.downstream.tasks)
+    for label, kind, ckpt in upstreams:
+        for task in tasks:
+            job = downstream_job(spec, task, kind, ckpt, corpus, expdir(out, label, task),
+                                 f"{task} with {label}")
+            if job is not None:
+                job.needs = pretraining.get(label)
+                todo.append(job)
+    say(started, f"{len(todo)} jobs to run, {workers} at a time with {threads} thread"
+        f"{'s' if threads > 1 else ''} each; logs in {out / 'logs'}")
+    run_jobs(todo, workers, threads, started)
 
     results = []
     for label, kind, ckpt in upstreams:
         metrics, weights = {}, {}
         for task in tasks:
-            progress.step(f"{task} with {label}")
-            result = downstream_once(spec, task, kind, ckpt, corpus,
-                                     out / "downstream" / f"{_slug(label)}_{task}")
+            result = json.loads((expdir(out, label, task) / "results.json").read_text())
             metrics[task] = float(result["value"])
             weights[task] = list(result["layer_weights"])
         results.append(upstream_result(label, kind, ckpt, runs, metrics, weights))
-    progress.step("report")
+    say(started, "report")
     notes = [f"corpus: {corpus} ({spec.corpus.preset})",
              f"pre-training: preset {spec.pretrain.preset}, {spec.pretrain.budget_updates} "
              f"updates for the 100 % model at the full budget",
              "metrics in %; PER/WER/EER lower is better, accuracies higher is better; ASV "
              "checkpoints selected on dev trials"]
     return write_report(results, out, str(spec.title), notes)
+
+
+def say(started: float, text: str, eta_s: float | None = None) -> None:
+    eta = "" if eta_s is None else f", ETA {eta_s / 60:.0f} min"
+    print(f"[study | {(time.perf_counter() - started) / 60:.1f} min{eta}] {text}",
+          file=sys.stderr, flush=True)
+
+
+# --- running the jobs ---------------------------------------------------------------------
+
+
+class Board:
+    """The progress lines: one when a job starts or ends, and every minute what the running
+    jobs are at. The ETA is the remaining jobs' expected cost, scaled by the time the finished
+    ones took against theirs, shared among the workers."""
+
+    def __init__(self, jobs: list[Job], workers: int, started: float) -> None:
+        self.count, self.workers, self.started = len(jobs), workers, started
+        self.cost_left = sum(job.cost for job in jobs)
+        self.spent = self.counted = 0.0  # seconds and cost of the finished jobs
+        self.running: dict[Job, float] = {}
+        self.done = 0
+        self.last = time.perf_counter()
+
+    def eta(self) -> float:
+        rate = self.spent / self.counted if self.counted else 1.0
+        now = time.perf_counter()
+        under_way = sum(min(now - since, 0.9 * job.cost * rate)
+                        for job, since in self.running.items())
+        return max(self.cost_left * rate - under_way, 0.0) / self.workers
+
+    def say(self, text: str) -> None:
+        say(self.started, f"{self.done}/{self.count} done; {text}", self.eta())
+        self.last = time.perf_counter()
+
+    def start(self, job: Job) -> None:
+        self.running[job] = time.perf_counter()
+        self.say(f"start {job.name}")
+
+    def finish(self, job: Job) -> None:
+        taken = time.perf_counter() - self.running.pop(job)
+        self.spent, self.counted = self.spent + taken, self.counted + job.cost
+        self.cost_left -= job.cost
+        self.done += 1
+        self.say(f"finished {job.name} in {taken / 60:.1f} min")
+
+    def tick(self) -> None:
+        if self.running and time.perf_counter() - self.last >= 60:
+            self.say("running: " + "; ".join(f"{job.name} ({job_position(job)})"
+                                             for job in self.running))
+
+
+def job_position(job: Job) -> str:
+    """'update 1200/3000' from the last progress record in the job's log."""
+    try:
+        with open(job.log, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - 4096, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "starting"
+    for line in reversed(lines):
+        try:
+            record = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        for key in ("update", "step"):
+            if isinstance(record, dict) and key in record:
+                return f"{key} {record[key]}/{job.total}"
+    return "starting"
+
+
+def run_jobs(jobs: list[Job], workers: int, threads: int, started: float) -> None:
+    """Run every job as a `tera` process, `workers` at a time with `threads` threads each; a
+    job waits for the job it needs. Pre-training goes first (the downstream jobs wait for
+    it), then the longest jobs, so that no long job is left running alone at the end.
+
+    Ctrl-C or SIGTERM stops the running jobs the way their commands stop (a pre-training
+    saves its state) and the study with them; a failed job stops the study with the end of
+    its log."""
+    board = Board(jobs, workers, started)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running, finished = list(jobs), {}, set()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while pending or running:
+            for job, process in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[job]
+                if process.returncode == 130:
+                    raise KeyboardInterrupt
+                if process.returncode:
+                    raise UserError(f"{job.name} failed (exit status {process.returncode}); "
+                                    f"the end of {job.log}:\n{_tail(job.log)}")
+                finished.add(job)
+                board.finish(job)
+            ready = [job for job in pending if job.needs is None or job.needs in finished]
+            ready.sort(key=lambda job: (job.args[0] != "pretrain", -job.cost))
+            for job in ready[: workers - len(running)]:
+                pending.remove(job)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                with open(job.log, "a") as log:
+                    log.write(f"$ tera {shlex.join(job.args)}\n")
+                    log.flush()
+                    running[job] = subprocess.Popen([sys.executable, "-m", "tera.cli", *job.args],
+                                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+                board.start(job)
+            if not running and pending:
+                raise UserError("study jobs wait for jobs that are not in the study: "
+                                + ", ".join(job.name for job in pending))
+            board.tick()
+            time.sleep(0.5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for process in running.values():  # a pre-training saves its state on SIGTERM
+            process.send_signal(signal.SIGTERM)
+        for process in running.values():
+            try:
+                process.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ANN001, ARG001
+    raise KeyboardInterrupt
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def write_training_manifest(corpus: Path, manifest: Path) -> None:
@@ -171,27 +301,39 @@ def _config(spec: DictConfig, overrides: list[str], manifest: Path, save_dir: Pa
         "checkpoint.save_interval_updates=0"])
 
 
-def pretrain_once(spec: DictConfig, run: PretrainRun, manifest: Path) -> None:
+def pretrain_overrides(spec: DictConfig, run: PretrainRun, manifest: Path
+                       ) -> tuple[list[str], int]:
+    """The run's config overrides and max_update, from the planner (equal FLOPs for every
+    size of a budget), with warm-up and validation scaled to it."""
     from tera.pretrain.planner import plan
-    from tera.pretrain.trainer import pretrain
 
     budget_cfg = _config(spec, [*spec.pretrain.overrides,
                                 f"optimization.max_update={spec.pretrain.budget_updates}"],
                          manifest, run.save_dir)
     cfg = _config(spec, run.overrides, manifest, run.save_dir)
     max_update = plan(cfg, budget_cfg, run.budget)["max_update"]
-    warmup = max(1, max_update // 10)
-    cfg = _config(spec, [*run.overrides, f"optimization.max_update={max_update}",
-                         f"lr_scheduler.warmup_updates={warmup}",
-                         f"dataset.validate_interval_updates={max(1, max_update // 5)}"],
-                  manifest, run.save_dir)
+    return [*run.overrides, f"optimization.max_update={max_update}",
+            f"lr_scheduler.warmup_updates={max(1, max_update // 10)}",
+            f"dataset.validate_interval_updates={max(1, max_update // 5)}",
+            f"task.data={manifest.resolve()}", f"checkpoint.save_dir={run.save_dir.resolve()}",
+            "checkpoint.save_interval_updates=0"], max_update
+
+
+def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, threads: int
+                 ) -> Job | None:
+    """The `tera pretrain` job of a run, or None when its checkpoint is complete."""
+    overrides, max_update = pretrain_overrides(spec, run, manifest)
     last = run.save_dir / "checkpoint_last.pt"
     if last.is_file():
         meta = torch.load(last, weights_only=True)["extra_state"]["tera"]
         if int(meta["update"]) >= max_update:
-            return
-    if pretrain(cfg)["stopped"]:  # Ctrl-C / SIGTERM: the checkpoint is saved; stop the study
-        raise KeyboardInterrupt
+            return None
+    if threads == 1:  # a data-loading process would take turns with the trainer on its core
+        overrides.append("dataset.num_workers=0")
+    cost = max_update * SECONDS_PER_PRETRAIN_UPDATE * (run.size / 100) ** 0.25
+    return Job(f"pre-train {run.name}", ["pretrain", "--config-name", str(spec.pretrain.preset),
+                                         *overrides],
+               out / "logs" / f"pretrain_{run.save_dir.name}.log", cost, max_update)
 
 
 def save_random_model(spec: DictConfig, path: Path) -> Path:
@@ -216,27 +358,44 @@ def save_random_model(spec: DictConfig, path: Path) -> Path:
     return path
 
 
-def downstream_once(spec: DictConfig, task: str, kind: str, ckpt: str | None, corpus: Path,
-                    expdir: Path) -> dict:
-    from tera.downstream.runner import run
+def expdir(out: Path, label: str, task: str) -> Path:
+    return out / "downstream" / f"{_slug(label)}_{task}"
 
-    results_file = expdir / "results.json"
-    if results_file.is_file():
-        return json.loads(results_file.read_text())
+
+def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, corpus: Path,
+                   folder: Path, name: str) -> Job | None:
+    """The `tera downstream` job of one task and upstream (resuming from its last saved
+    state, if any), or None when its results are in."""
+    if (folder / "results.json").is_file():
+        return None
+    args = ["downstream", "-m", "train", "-d", task, "-u", kind, "-p", str(folder.resolve()),
+            "--data-root", str(corpus.resolve())]
+    if ckpt is not None:
+        args += ["-k", str(Path(ckpt).resolve())]
     overrides = list(spec.downstream.overrides.get(task, []))
-    return run(task, upstream=kind, upstream_ckpt=ckpt, expdir=expdir, data_root=corpus,
-               overrides=overrides)
+    if overrides:
+        args += ["-o", ",,".join(overrides)]
+    states = sorted(folder.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    if states:
+        args += ["-e", str(states[-1].resolve())]
+    total = int(downstream_recipe(spec, task).runner.total_steps)
+    return Job(name, args, folder.parent.parent / "logs" / f"{folder.name}.log",
+               downstream_cost(spec, task), total)
 
 
-def downstream_cost(spec: DictConfig, task: str) -> float:
-    """Expected seconds of one downstream run (for the ETA)."""
+def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
     from tera.corpora import is_embedded_corpus
     from tera.downstream.runner import load_recipe
 
     embedded = not spec.corpus.root or is_embedded_corpus(Path(spec.corpus.root))
-    recipe = load_recipe(task, None, "embedded" if embedded else None,
-                         list(spec.downstream.overrides.get(task, [])))
-    return 10.0 + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * int(recipe.runner.total_steps)
+    return load_recipe(task, None, "embedded" if embedded else None,
+                       list(spec.downstream.overrides.get(task, [])))
+
+
+def downstream_cost(spec: DictConfig, task: str) -> float:
+    """Expected seconds of one downstream run (for the ETA)."""
+    steps = int(downstream_recipe(spec, task).runner.total_steps)
+    return 15.0 + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * steps
 
 
 def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[PretrainRun],

@@ -11,13 +11,15 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="study YAML (default: the shipped default / quick study)")
     p.add_argument("--quick", action="store_true", help="small corpus, few steps (minutes)")
     p.add_argument("--out", help="study folder (default: ./study or ./study-quick)")
+    p.add_argument("--jobs", type=int, help="jobs run at once, the CPU's cores shared among "
+                   "them (default: 2 on a CPU, 1 with a GPU)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tera.study import run_study
 
-    report = run_study(args.config, args.quick, args.out)
+    report = run_study(args.config, args.quick, args.out, args.jobs)
     print(report.read_text())
     print(f"report: {report} (figures beside it)")
     return 0

@@ -31,7 +31,7 @@ from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
-from tera.model.components import frame_mean_std
+from tera.model.components import flush_denormals, frame_mean_std
 from tera.upstream import Featurizer, load_upstream
 
 TASKS: dict[str, type[Task]] = {"asr": AsrTask, "pr": PrTask, "ks": KsTask, "sid": SidTask,
@@ -122,6 +122,7 @@ class Run:
                  seed: int, upstream_preset: str = "slim") -> None:
         self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
         self.device = torch.device(device)
+        flush_denormals()
         self.task = TASKS[task](root, OmegaConf.to_container(cfg.downstream_expert))
         self.upstream_name, self.upstream_ckpt = upstream_name, upstream_ckpt
         self.upstream_preset = upstream_preset

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tera.checkpoint import save_atomic
 from tera.errors import UserError
+from tera.model.components import flush_denormals
 from tera.model.tera import TeraModel
 from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
@@ -82,6 +83,7 @@ class Trainer:
         self.seed = int(cfg.common.seed)
 
         torch.manual_seed(self.seed)
+        flush_denormals()
         self.model_cfg = model_config(cfg)
         self.model = TeraModel(self.model_cfg).to(self.device)
         self.ddp = self.model
