@@ -85,3 +85,48 @@ def test_shipped_study_files_build_every_model(tmp_path):
         random_dir = save_random_model(spec, tmp_path / f"random_{quick}")
         config = json.loads((random_dir / "config.json").read_text())["model_cfg"]
         assert config["conv_feature_layers"] == conv[100.0]
+
+
+def test_failed_job_stops_the_study_with_the_end_of_its_log(tmp_path):
+    import time
+
+    import pytest
+
+    from tera.errors import UserError
+    from tera.study import Job, run_jobs
+
+    log = tmp_path / "logs" / "bad.log"
+    bad = Job("pre-train bad", ["pretrain", "--config-name", "no_such_preset"], log, 1.0, 1)
+    waiting = Job("pr with bad", ["plan", "--config-name", "tiny"], tmp_path / "w.log", 1.0, 1,
+                  needs=bad)
+    with pytest.raises(UserError, match="pre-train bad failed") as error:
+        run_jobs([bad, waiting], 2, 1, time.perf_counter())
+    assert "no_such_preset" in str(error.value)  # the log's end names the problem
+    assert log.read_text().startswith("$ tera pretrain --config-name no_such_preset")
+    assert not waiting.log.exists()  # never started: what it needs failed
+
+
+def test_downstream_job_resumes_from_its_last_state_and_skips_a_finished_run(tmp_path):
+    from tera.study import downstream_job, study_config
+
+    spec = study_config(None, quick=True)
+    folder = tmp_path / "study" / "downstream" / "fbank_ks"
+    folder.mkdir(parents=True)
+    assert "-e" not in downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks").args
+    for step in (2, 10):
+        (folder / f"states-{step}.ckpt").write_bytes(b"")
+    job = downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks with fbank")
+    assert job.args[job.args.index("-e") + 1] == str((folder / "states-10.ckpt").resolve())
+    assert job.total == 40 and job.log == tmp_path / "study" / "logs" / "fbank_ks.log"
+    (folder / "results.json").write_text("{}")
+    assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is None
+
+
+def test_progress_line_reads_the_last_record_of_a_log(tmp_path):
+    from tera.study import Job, job_position
+
+    job = Job("asr with fbank", [], tmp_path / "asr.log", 1.0, 500)
+    assert job_position(job) == "starting"
+    job.log.write_text('$ tera downstream\n[asr] {"step": 50, "train_loss": 3.1}\n'
+                       '[asr] {"step": 100, "train_loss": 2.8}\nnoise {not json\n')
+    assert job_position(job) == "step 100/500"

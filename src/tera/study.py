@@ -54,9 +54,10 @@ def study_config(path: str | Path | None, quick: bool) -> DictConfig:
 # Rough seconds per step of a job running beside another on a 2-core CPU (one thread each),
 # measured on the default study: only the ratios matter, the ETA rescales them by the time
 # the finished jobs really took.
-SECONDS_PER_PRETRAIN_UPDATE = 0.17  # the 100 % model; x (size / 100) ** 0.25 for the others
-SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.045, "ks": 0.01, "sid": 0.024, "asr": 0.27,
-                               "asv": 0.11}
+SECONDS_PER_PRETRAIN_UPDATE = 0.18  # the 100 % model; x (size / 100) ** 0.25 for the others
+SECONDS_PER_DOWNSTREAM_JOB = 10.0  # process start, features, evaluation
+SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.018, "ks": 0.002, "sid": 0.009, "asr": 0.18,
+                               "asv": 0.058}
 
 
 @dataclass(eq=False)
@@ -85,6 +86,8 @@ def run_study(config: str | Path | None = None, quick: bool = False,
     spec = study_config(config, quick)
     out = Path(out or ("study-quick" if quick else "study"))
     out.mkdir(parents=True, exist_ok=True)
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs}: at least one job must run at a time")
     workers = jobs or default_jobs()
     threads = max(1, (os.cpu_count() or 1) // workers)
     corpus = Path(spec.corpus.root) if spec.corpus.root else default_corpus_dir(spec.corpus.preset)
@@ -304,7 +307,7 @@ def _config(spec: DictConfig, overrides: list[str], manifest: Path, save_dir: Pa
 def pretrain_overrides(spec: DictConfig, run: PretrainRun, manifest: Path
                        ) -> tuple[list[str], int]:
     """The run's config overrides and max_update, from the planner (equal FLOPs for every
-    size of a budget), with warm-up and validation scaled to it."""
+    size of a budget), with warm-up, validation and checkpoints scaled to it."""
     from tera.pretrain.planner import plan
 
     budget_cfg = _config(spec, [*spec.pretrain.overrides,
@@ -316,7 +319,9 @@ def pretrain_overrides(spec: DictConfig, run: PretrainRun, manifest: Path
             f"lr_scheduler.warmup_updates={max(1, max_update // 10)}",
             f"dataset.validate_interval_updates={max(1, max_update // 5)}",
             f"task.data={manifest.resolve()}", f"checkpoint.save_dir={run.save_dir.resolve()}",
-            "checkpoint.save_interval_updates=0"], max_update
+            # a killed run resumes from its last tenth
+            f"checkpoint.save_interval_updates={max(1, max_update // 10)}",
+            "checkpoint.keep_interval_updates=1"], max_update
 
 
 def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, threads: int
@@ -395,7 +400,7 @@ def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
 def downstream_cost(spec: DictConfig, task: str) -> float:
     """Expected seconds of one downstream run (for the ETA)."""
     steps = int(downstream_recipe(spec, task).runner.total_steps)
-    return 15.0 + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * steps
+    return SECONDS_PER_DOWNSTREAM_JOB + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * steps
 
 
 def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[PretrainRun],

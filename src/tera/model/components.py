@@ -23,8 +23,8 @@ from tera.errors import UserError
 
 def flush_denormals() -> None:
     """Compute with denormal floats as zeros (CPU). Small activations and gradients of a
-    training model drift into the denormal range, where CPU arithmetic is many times slower:
-    a pre-training update of the study's models takes 13 % less time with them flushed."""
+    training model drift into the denormal range, where CPU arithmetic is many times slower
+    (measured in the study's pre-training: 0.17 instead of 0.20 s per update)."""
     torch.set_flush_denormal(True)
 
 
