@@ -73,8 +73,9 @@ class Job:
 
 
 def default_jobs() -> int:
-    """Two jobs at a time on a CPU (tiny models use two cores poorly: two one-thread jobs do
-    1.4-1.5x the work of one two-thread job here), one on a GPU."""
+    """Two jobs at a time on a CPU (tiny models use two cores poorly: two one-thread
+    pre-trainings do 1.52x the updates of one two-thread pre-training on a 2-core machine,
+    benchmarks/study_jobs.py), one on a GPU."""
     return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
 
 
@@ -371,6 +372,8 @@ def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, cor
                    folder: Path, name: str) -> Job | None:
     """The `tera downstream` job of one task and upstream (resuming from its last saved
     state, if any), or None when its results are in."""
+    from tera.downstream.runner import saved_states
+
     if (folder / "results.json").is_file():
         return None
     args = ["downstream", "-m", "train", "-d", task, "-u", kind, "-p", str(folder.resolve()),
@@ -380,12 +383,12 @@ def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, cor
     overrides = list(spec.downstream.overrides.get(task, []))
     if overrides:
         args += ["-o", ",,".join(overrides)]
-    states = sorted(folder.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    states = saved_states(folder)
     if states:
         args += ["-e", str(states[-1].resolve())]
-    total = int(downstream_recipe(spec, task).runner.total_steps)
+    steps = int(downstream_recipe(spec, task).runner.total_steps)
     return Job(name, args, folder.parent.parent / "logs" / f"{folder.name}.log",
-               downstream_cost(spec, task), total)
+               downstream_cost(task, steps), steps)
 
 
 def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
@@ -397,9 +400,8 @@ def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
                        list(spec.downstream.overrides.get(task, [])))
 
 
-def downstream_cost(spec: DictConfig, task: str) -> float:
-    """Expected seconds of one downstream run (for the ETA)."""
-    steps = int(downstream_recipe(spec, task).runner.total_steps)
+def downstream_cost(task: str, steps: int) -> float:
+    """Expected seconds of a downstream run of `steps` steps (for the ETA)."""
     return SECONDS_PER_DOWNSTREAM_JOB + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * steps
 
 

@@ -260,9 +260,14 @@ class Run:
 
     def _prune(self) -> None:
         keep = int(self.cfg.runner.max_keep)
-        saved = sorted(self.expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+        saved = saved_states(self.expdir)
         for old in saved[:-keep] if keep > 0 else []:
             old.unlink(missing_ok=True)
+
+
+def saved_states(expdir: Path) -> list[Path]:
+    """The run's `states-STEP.ckpt` files, oldest step first."""
+    return sorted(expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
 
 
 def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
