@@ -106,17 +106,17 @@ def test_round_trips_through_every_format_are_exact(tmp_path, source, via):
 
 
 def test_fairseq_round_trip_rewrites_the_same_sections(tmp_path):
-    from tera.checkpoint import _plain, _read_torch_file
+    from tera.checkpoint.unpickler import read_torch_file, to_plain
 
     save_checkpoint(load_checkpoint(FAIRSEQ), tmp_path / "a.safetensors", "safetensors")
     save_checkpoint(load_checkpoint(tmp_path / "a.safetensors"), tmp_path / "b.pt", "fairseq")
-    original = _read_torch_file(FAIRSEQ, "cpu")
-    written = _read_torch_file(tmp_path / "b.pt", "cpu")
+    original = read_torch_file(FAIRSEQ, "cpu")
+    written = read_torch_file(tmp_path / "b.pt", "cpu")
     assert set(written) == set(original) | {"tera_extra"}
-    assert _plain(written["cfg"]) == _plain(original["cfg"])
-    assert _plain(written["task_state"]) == _plain(original["task_state"])
+    assert to_plain(written["cfg"]) == to_plain(original["cfg"])
+    assert to_plain(written["task_state"]) == to_plain(original["task_state"])
     for key in ("optimizer_history", "extra_state"):
-        assert _plain(written[key]) == _plain(original[key])
+        assert to_plain(written[key]) == to_plain(original[key])
     # The same classes as the fork writes, and no other (plain dicts stand for omegaconf).
     assert pickled_globals(tmp_path / "b.pt") <= pickled_globals(FAIRSEQ)
 

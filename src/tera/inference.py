@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -123,11 +122,10 @@ def _check_distinct_stems(files: list[str]) -> None:
 
 def _save_npz(output: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write through a file object (np.savez would append .npz to other names), atomically."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    with open(tmp, "wb") as f:
+    from tera.runs.files import atomic_open
+
+    with atomic_open(output, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, output)
 
 
 # --- info -----------------------------------------------------------------------------------

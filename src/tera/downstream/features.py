@@ -18,6 +18,7 @@ import torch
 from tera.audio import audio_info
 from tera.corpora import Utterance, read_segment
 from tera.pretrain.data import length_batches
+from tera.runs.files import save_torch
 from tera.upstream import Upstream
 
 
@@ -63,8 +64,7 @@ class FeatureCache:
             return
         path = self._disk_path(key)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(states, path)
+            save_torch(states, path)
 
     @torch.no_grad()
     def states(self, utterances: list[Utterance], device: torch.device) -> list[torch.Tensor]:

@@ -21,7 +21,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tera.checkpoint import save_atomic
 from tera.corpora import Utterance, default_corpus_dir, is_embedded_corpus
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
@@ -32,6 +31,7 @@ from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std
+from tera.runs.files import save_torch, write_text
 from tera.upstream import Featurizer, load_upstream
 
 TASKS: dict[str, type[Task]] = {"asr": AsrTask, "pr": PrTask, "ks": KsTask, "sid": SidTask,
@@ -167,7 +167,7 @@ class Run:
     # --- checkpoints ----------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        save_atomic({
+        save_torch({
             "task": self.task.name, "step": self.step, "best": self.best,
             "config": OmegaConf.to_container(self.cfg), "task_state": self.task.state(),
             "upstream": self.upstream_name, "upstream_ckpt": self.upstream_ckpt,
@@ -327,7 +327,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
     if cfg is None:
         cfg = load_recipe(task, config, "embedded" if embedded else None, overrides or [])
     expdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, expdir / "config.yaml")
+    write_text(expdir / "config.yaml", OmegaConf.to_yaml(cfg))
     writer = _tensorboard(expdir)
 
     def log(record: dict) -> None:
@@ -359,7 +359,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
 
     split = test_split or job.task.test_split
     value, lines = job.evaluate(split)
-    (expdir / f"{split}_predictions.txt").write_text("\n".join(lines) + "\n")
+    write_text(expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
     results = {
         "task": job.task.name, "metric": job.task.metric, "value": value, "split": split,
         "checkpoint": str(checkpoint), "upstream": upstream, "upstream_ckpt": upstream_ckpt,
@@ -370,7 +370,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
     if job.task.name == "asv" and mode == "train":
         results["dev_eer"] = job.best
         results["best_test_eer_over_checkpoints"] = _s3prl_protocol(job, split)
-    (expdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(expdir / "results.json", json.dumps(results, indent=2) + "\n")
     if writer is not None:
         writer.close()
     return results

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from tera.audio import audio_info, load_audio
 from tera.errors import UserError
+from tera.runs.files import ensure_folder, write_text
 
 # --- manifests -------------------------------------------------------------------------------
 
@@ -48,11 +49,10 @@ def write_manifest_files(root: Path, files: list[Path], out_dir: str | Path,
         entries.append((Path(path).resolve().relative_to(root).as_posix(), frames * 16000 // rate))
     rng = random.Random(seed)
     valid = {i for i in range(len(entries)) if rng.random() < valid_percent}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_folder(out_dir)
     for name, keep in (("train", lambda i: i not in valid), ("valid", lambda i: i in valid)):
         lines = [str(root)] + [f"{rel}\t{n}" for i, (rel, n) in enumerate(entries) if keep(i)]
-        (out_dir / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+        write_text(out_dir / f"{name}.tsv", "\n".join(lines) + "\n")
     return {"train": len(entries) - len(valid), "valid": len(valid)}
 
 

@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tera.checkpoint import save_atomic
 from tera.errors import UserError
 from tera.model.components import flush_denormals
 from tera.model.tera import TeraModel
@@ -34,6 +33,7 @@ from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
 from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, collate
 from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
+from tera.runs.files import save_torch, write_text
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -131,7 +131,7 @@ class Trainer:
         if cfg.criterion.target_norm == "dataset" and self.target_stats is None:
             self.target_stats = self._target_statistics()
         if self.is_main:
-            OmegaConf.save(cfg, self.save_dir / "config.yaml")
+            write_text(self.save_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         previous_handlers = self._install_signal_handlers()
         try:
             return self._train_loop()
@@ -274,7 +274,7 @@ class Trainer:
         if valid_loss < self.best_valid:
             self.best_valid = valid_loss
             if self.is_main:
-                save_atomic(self._checkpoint(), self.save_dir / BEST)
+                save_torch(self._checkpoint(), self.save_dir / BEST)
         if self.is_main:
             self._write_log({"update": self.update, "valid_loss": valid_loss,
                              "best_valid_loss": self.best_valid})
@@ -346,10 +346,10 @@ class Trainer:
         if not self.is_main:
             return
         state = self._checkpoint()
-        save_atomic(state, self.save_dir / LAST)
+        save_torch(state, self.save_dir / LAST)
         if interval:
             name = f"checkpoint_{self.sampler.state.epoch + 1}_{self.update}.pt"
-            save_atomic(state, self.save_dir / name)
+            save_torch(state, self.save_dir / name)
             self._prune_interval_checkpoints()
 
     def _prune_interval_checkpoints(self) -> None:
