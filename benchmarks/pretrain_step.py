@@ -62,7 +62,7 @@ def measure(preset: str, dtype: str, batch: int, seconds: float, repeats: int) -
     def inference() -> None:
         model.eval()
         with torch.no_grad(), autocast:
-            model(waves)
+            model.extract_features(waves)
 
     step = timed(train_step, repeats)
     targets = timed(targets_only, repeats)

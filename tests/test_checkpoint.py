@@ -45,7 +45,7 @@ def reference() -> dict:
 
 def hidden_states(model: TeraModel, wave: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return torch.stack(model(wave[None]).hidden_states)
+        return torch.stack(model.extract_features(wave[None]).hidden_states)
 
 
 def same_checkpoint(a: LoadedCheckpoint, b: LoadedCheckpoint) -> None:

@@ -29,10 +29,10 @@ def test_loss_counts_only_masked_non_padded_frames():
 
     torch.manual_seed(1)  # same random mask
     targets, target_lengths = tera_targets(waves, lengths)
-    out = model(waves, lengths, mask=True, max_frames=targets.size(1))
-    frames = out.last_hidden_state.size(1)
+    out = model(waves, lengths, target_frames=targets.size(1))
+    frames = out.predictions.size(1)
     valid = torch.arange(frames) < target_lengths.unsqueeze(1)
-    errors = (model.predict(out.last_hidden_state) - targets[:, :frames]).abs().mean(-1)
+    errors = (out.predictions - targets[:, :frames]).abs().mean(-1)
     masked = valid & out.mask_indices
     assert masked.sum() < valid.sum()
     assert result.masked_frames == int(masked.sum()) and result.frames == int(valid.sum())

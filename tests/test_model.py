@@ -54,7 +54,7 @@ def test_hidden_states_match_reference(reference_model, flac, key, samples):
     expected = np.load(COMPAT / "tera2_expected_hidden.npz")[key]
     wave = flac if samples is None else flac[:samples]
     with torch.no_grad():
-        out = reference_model(wave.unsqueeze(0))
+        out = reference_model.extract_features(wave.unsqueeze(0))
     hidden = torch.stack(out.hidden_states)[:, 0].numpy()
     assert hidden.shape == expected.shape
     assert np.abs(hidden - expected).max() < 1e-4
@@ -135,9 +135,9 @@ def test_padding_does_not_leak(extractor_mode, pre_ln):
     waves = [torch.randn(n) * 0.1 for n in lengths]
     batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
     with torch.no_grad():
-        together = model(batch, torch.tensor(lengths))
+        together = model.extract_features(batch, torch.tensor(lengths))
         for i, wave in enumerate(waves):
-            alone = model(wave.unsqueeze(0))
+            alone = model.extract_features(wave.unsqueeze(0))
             frames = alone.last_hidden_state.size(1)
             assert int(together.frame_lengths[i]) == frames == model.num_frames(lengths[i])
             assert together.padding_mask[i, frames:].all()
@@ -266,9 +266,9 @@ def test_bf16_autocast_forward_is_close_to_fp32():
     model = TeraModel(small_config()).eval()
     wave = torch.randn(2, 16000) * 0.1
     with torch.no_grad():
-        full = model(wave).last_hidden_state
+        full = model.extract_features(wave).last_hidden_state
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model(wave).last_hidden_state.float()
+            half = model.extract_features(wave).last_hidden_state.float()
     assert torch.isfinite(half).all()
     assert (half - full).abs().mean() < 0.05 * full.abs().mean()
 

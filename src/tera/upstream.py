@@ -115,7 +115,7 @@ class TeraUpstream(Upstream):
             raise UserError(f"a waveform has {shortest} samples; tera2 needs at least "
                             f"{self.min_samples} (one frame)")
         # One utterance has no padding: no lengths lets the model take its unmasked paths.
-        out = self.model(waves, lengths if len(wavs) > 1 else None)
+        out = self.model.extract_features(waves, lengths if len(wavs) > 1 else None)
         return self._result(out.hidden_states, out.frame_lengths)
 
 

@@ -3,6 +3,10 @@
     waves [B, S] --conv extractor--> [B, T, 512] (50 Hz) --LayerNorm--> post_extract_proj
       --> dropout_input --> alterations (time mask with mask_emb, channel, magnitude)
       --> transformer encoder --> hidden states h_0..h_L --> final_proj --> [B, T, 78]
+
+Two entry points, as torchaudio's `Wav2Vec2Model` / `HuBERTPretrainModel`:
+`extract_features` (waveforms -> hidden states, no alterations, no head) for upstreams, and
+`forward` (the pre-training pass: alterations, encoder, head) for the loss.
 """
 
 from __future__ import annotations
@@ -25,27 +29,39 @@ from tera.model.masking import add_magnitude_noise, compute_span_mask, mask_chan
 
 
 @dataclass
-class TeraOutput:
-    """What one forward pass returns.
+class TeraFeatures:
+    """What `extract_features` returns.
 
     hidden_states: [h_0, ..., h_L], each `[batch, frame, dim]`.
-    padding_mask: `[batch, frame]`, True on padding (None when no lengths were given).
+    padding_mask: `[batch, frame]`, True on padding (None when nothing is padded).
     frame_lengths: `[batch]` valid frames per utterance.
-    mask_indices: `[batch, frame]`, True on time-masked frames (None without masking).
-    features_pen: mean square of the conv features over valid frames (scalar, float32).
-    predictions: `[batch, frame, 78]` reconstruction head output (with `predict=True`).
     """
 
     hidden_states: list[torch.Tensor]
     padding_mask: torch.Tensor | None
     frame_lengths: torch.Tensor
-    mask_indices: torch.Tensor | None
-    features_pen: torch.Tensor
-    predictions: torch.Tensor | None = None
 
     @property
     def last_hidden_state(self) -> torch.Tensor:
         return self.hidden_states[-1]
+
+
+@dataclass
+class TeraPretrainOutput:
+    """What the pre-training forward returns.
+
+    predictions: `[batch, frame, 78]` reconstruction of the stacked MFCC target frames.
+    mask_indices: `[batch, frame]`, True on time-masked frames (None when mask_prob is 0).
+    padding_mask: `[batch, frame]`, True on padding (None when nothing is padded).
+    frame_lengths: `[batch]` valid frames per utterance.
+    features_pen: mean square of the conv features over valid frames (scalar, float32).
+    """
+
+    predictions: torch.Tensor
+    mask_indices: torch.Tensor | None
+    padding_mask: torch.Tensor | None
+    frame_lengths: torch.Tensor
+    features_pen: torch.Tensor
 
 
 class TeraModel(nn.Module):
@@ -93,25 +109,40 @@ class TeraModel(nn.Module):
         """Frames (50 Hz) the model makes from `num_samples` waveform samples."""
         return output_frames(num_samples, self.cfg.conv_layers)
 
-    def forward(
-        self,
-        waves: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        *,
-        mask: bool = False,
-        max_frames: int | None = None,
-        num_layers: int | None = None,
-        predict: bool = False,
-    ) -> TeraOutput:
-        """Run the model.
+    def extract_features(self, waves: torch.Tensor, lengths: torch.Tensor | None = None,
+                         num_layers: int | None = None) -> TeraFeatures:
+        """Waveforms -> hidden states (no masking, no head): what upstreams use.
 
-        waves `[batch, sample]` 16 kHz; lengths `[batch]` valid samples (None: all valid).
-        mask: apply the training alterations (time/channel/magnitude).
-        max_frames: cut the conv features to this many frames (to align with the targets).
+        waves `[batch, sample]` 16 kHz; lengths `[batch]` valid samples (None: all valid);
         num_layers: stop after this many transformer layers.
-        predict: also apply the reconstruction head (inside forward, so that data-parallel
-        wrappers see every parameter used).
         """
+        x, padding_mask, frame_lengths, _ = self._encoder_input(waves, lengths)
+        return TeraFeatures(self.encoder(x, padding_mask, num_layers=num_layers), padding_mask,
+                            frame_lengths)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor | None = None,
+                target_frames: int | None = None) -> TeraPretrainOutput:
+        """Pre-training: waveforms -> masked encoding -> reconstruction head.
+
+        waves `[batch, sample]` 16 kHz; lengths `[batch]` valid samples (None: all valid);
+        target_frames: the number of target frames, to which the conv features are cut (the
+        two sequences can differ by a frame). The training alterations (time, channel and
+        magnitude masking) are applied to the encoder input; the head runs here so that
+        data-parallel wrappers see every parameter used.
+        """
+        x, padding_mask, frame_lengths, features = self._encoder_input(waves, lengths,
+                                                                       target_frames)
+        features_pen = self._feature_penalty(features, padding_mask)
+        x, mask_indices = self._alter(x, frame_lengths)
+        hidden = self.encoder(x, padding_mask)[-1]
+        return TeraPretrainOutput(self.final_proj(hidden), mask_indices, padding_mask,
+                                  frame_lengths, features_pen)
+
+    def _encoder_input(self, waves: torch.Tensor, lengths: torch.Tensor | None,
+                       max_frames: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(encoder input `[batch, frame, dim]`, padding mask, frame lengths, conv features
+        `[batch, frame, C]`): conv extractor, LayerNorm, projection, input dropout."""
         if lengths is not None and bool((lengths >= waves.size(1)).all()):
             lengths = None  # nothing is padded: take the unmasked (faster) paths
         if self.cfg.normalize:
@@ -126,21 +157,10 @@ class TeraModel(nn.Module):
         else:
             frame_lengths = frame_lengths.clamp(max=frames)
             padding_mask = lengths_to_padding_mask(frame_lengths, frames)
-
-        features_pen = self._feature_penalty(features, padding_mask)
         x = self.layer_norm(features)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        x = self.dropout_input(x)
-
-        mask_indices = None
-        if mask:
-            x, mask_indices = self._alter(x, frame_lengths)
-        hidden_states = self.encoder(x, padding_mask, num_layers=num_layers)
-        predictions = self.final_proj(hidden_states[-1]) if predict else None
-        return TeraOutput(
-            hidden_states, padding_mask, frame_lengths, mask_indices, features_pen, predictions
-        )
+        return self.dropout_input(x), padding_mask, frame_lengths, features
 
     def _extract(
         self, waves: torch.Tensor, lengths: torch.Tensor | None
@@ -178,10 +198,6 @@ class TeraModel(nn.Module):
         if cfg.mask_noise_prob > 0:
             x = add_magnitude_noise(x, cfg.mask_noise_prob, cfg.mask_noise_std)
         return x, mask_indices
-
-    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Reconstruction head: `[..., dim]` -> `[..., 78]` stacked MFCC frames."""
-        return self.final_proj(hidden)
 
 
 def standardize(waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:

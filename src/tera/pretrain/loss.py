@@ -59,7 +59,7 @@ def tera_loss(
     target_norm: str = "none",
     target_stats: TargetStats | None = None,
 ) -> LossOutput:
-    """Forward with masking and compute the loss for a batch.
+    """The pre-training forward (masking, head) and the loss for a batch.
 
     waves `[batch, sample]`, lengths `[batch]` valid samples. Targets come from the clean
     waveform (the alterations act on the encoder input only); features and targets are cut to
@@ -85,8 +85,8 @@ def tera_loss(
     elif target_norm != "none":
         raise ValueError(f"target_norm must be 'none', 'dataset' or 'utterance', got "
                          f"{target_norm!r}")
-    output = model(waves, lengths, mask=True, max_frames=targets.size(1), predict=True)
-    frames = output.last_hidden_state.size(1)
+    output = model(waves, lengths, target_frames=targets.size(1))
+    frames = output.predictions.size(1)
     targets = targets[:, :frames]
     valid = torch.arange(frames, device=waves.device) < torch.minimum(
         output.frame_lengths, target_lengths
