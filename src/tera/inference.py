@@ -12,6 +12,9 @@ import torch
 from tqdm import tqdm
 
 from tera.errors import UserError
+from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS
+
+DIRECTORY_FORMATS = ("safetensors",)  # formats written as a folder, not a file
 
 
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +25,9 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
         "fbank), (T, D) with a layer number. Stereo is averaged to mono and other rates are "
         "resampled to 16 kHz.",
     )
-    extract.add_argument("-u", "--upstream", choices=["tera2", "mfcc", "fbank"],
-                         default="tera2")
+    extract.add_argument("-u", "--upstream", default="tera2",
+                         choices=[*UPSTREAMS, *TERA2_CHECKPOINT_NAMES],
+                         help="tera2 (or s3prl's tera2_local ...), mfcc or fbank")
     extract.add_argument("-k", "--ckpt", help="checkpoint, any format tera reads (tera2 only; "
                          "without it a random slim model, seed 0)")
     extract.add_argument("--layer", default="all", help="'all' or a layer number (0 = input)")
@@ -47,8 +51,11 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
         "with model.safetensors, config.json and README.md).",
     )
     convert.add_argument("src")
-    convert.add_argument("dst")
-    convert.add_argument("--to", required=True, choices=["s3prl", "fairseq", "safetensors"])
+    convert.add_argument("dst", nargs="?", help="output file or directory (or --output_dir)")
+    convert.add_argument("--to", choices=["s3prl", "fairseq", "safetensors"],
+                         help="output format (default with --output_dir: s3prl)")
+    convert.add_argument("--output_dir", "--output-dir", dest="output_dir",
+                         help="as s3prl's upstream/tera2/convert.py: write DIR/<src stem>.pt")
     convert.set_defaults(handler=run_convert)
 
 
@@ -76,7 +83,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 
 def _extract_upstream(args: argparse.Namespace):
-    from tera.upstream import TeraUpstream, load_upstream, random_tera
+    from tera.upstream import TeraUpstream, load_upstream, random_tera, upstream_name
 
     if args.deltas and args.upstream != "fbank":
         raise UserError(f"--deltas applies to -u fbank, not -u {args.upstream}")
@@ -84,7 +91,8 @@ def _extract_upstream(args: argparse.Namespace):
         print("tera extract: no checkpoint given (-k): using a randomly initialised slim "
               "model (seed 0)", file=sys.stderr)
         return TeraUpstream(random_tera("slim", seed=0))
-    return load_upstream(args.upstream, args.ckpt, deltas=args.deltas)
+    return load_upstream(upstream_name(args.upstream, args.ckpt), args.ckpt,
+                         deltas=args.deltas)
 
 
 def _device(name: str) -> torch.device:
@@ -182,6 +190,23 @@ def _info_target(target: str):
 def run_convert(args: argparse.Namespace) -> int:
     from tera.checkpoint import convert_checkpoint
 
-    ckpt = convert_checkpoint(args.src, args.dst, args.to)
-    print(f"converted {args.src} ({ckpt.source_format}) -> {args.dst} ({args.to})")
+    dst, fmt = convert_target(args.src, args.dst, args.output_dir, args.to)
+    ckpt = convert_checkpoint(args.src, dst, fmt)
+    print(f"converted {args.src} ({ckpt.source_format}) -> {dst} ({fmt})")
     return 0
+
+
+def convert_target(src: str, dst: str | None, output_dir: str | None, fmt: str | None
+                   ) -> tuple[Path, str]:
+    """(destination, format) of `tera convert`: DST with --to, or s3prl's `convert.py CKPT
+    --output_dir=DIR` form, which writes DIR/<CKPT's stem>.pt in s3prl's format."""
+    if output_dir is not None:
+        if dst is not None:
+            raise UserError(f"give DST ({dst}) or --output_dir ({output_dir}), not both")
+        fmt = fmt or "s3prl"
+        name = Path(src).stem + ("" if fmt in DIRECTORY_FORMATS else ".pt")
+        return Path(output_dir) / name, fmt
+    if dst is None or fmt is None:
+        raise UserError("tera convert needs DST and --to FORMAT (or --output_dir DIR, which "
+                        "writes DIR/<SRC stem>.pt for s3prl)")
+    return Path(dst), fmt

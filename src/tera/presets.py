@@ -1,8 +1,9 @@
 """Pre-training presets: YAML data under `tera/configs/pretrain/`, plus their size and cost.
 
 A preset file states only what differs from `_common.yaml`; `load_preset` merges the two.
-The seed's file names (`tera_slim_200per_50flops_librispeech`) and short aliases (`slim`,
-`base`, `large`) are accepted.
+The fairseq fork's file names (`tera_slim_200per_50flops_librispeech` -> `slim_200per_50flops`)
+and `slim_100per` (= `slim`) are accepted; so are the fork's files themselves, from a
+`config_dir` (`tera.pretrain.fork_yaml`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tera.errors import UserError
 from tera.model.config import TARGET_DIM, TeraConfig
 
-ALIASES = {"slim_100per": "slim", "base": "base_473per", "large": "large_1582per"}
+ALIASES = {"slim_100per": "slim"}
 COMMON = "_common"
 
 
@@ -38,21 +39,32 @@ def canonical_name(name: str) -> str:
 
 
 def load_preset(name: str, config_dir: str | Path | None = None) -> DictConfig:
-    """The merged training config of a preset (`_common.yaml` + the preset's file).
+    """The merged training config of a preset (`_common.yaml` + the preset's file)."""
+    return read_preset(name, config_dir)[0]
 
-    With `config_dir`, the preset is looked up there first (its own `_common.yaml` if it has
-    one, else the packaged one), then among the packaged presets.
+
+def read_preset(name: str, config_dir: str | Path | None = None
+                ) -> tuple[DictConfig, list[str]]:
+    """The merged training config of a preset and the keys of its file that tera-speech does
+    not use (the fairseq fork's files have some: see `tera.pretrain.fork_yaml`).
+
+    With `config_dir`, the preset is looked up there first (`NAME.yaml`, or a path below it
+    such as `exp/NAME` as Hydra allows; its own `_common.yaml` if it has one, else the
+    packaged one), then among the packaged presets.
     """
+    from tera.pretrain.fork_yaml import from_fork_layout
+
     canonical = canonical_name(name)
     folders = ([Path(config_dir)] if config_dir else []) + [preset_dir()]
     for folder in folders:
-        for stem in (Path(name).name.removesuffix(".yaml"), canonical):
+        for stem in (name.removesuffix(".yaml"), Path(name).name.removesuffix(".yaml"),
+                     canonical):
             path = folder / f"{stem}.yaml"
             if path.is_file():
                 common = folder / f"{COMMON}.yaml"
                 if not common.is_file():
                     common = preset_dir() / f"{COMMON}.yaml"
-                return OmegaConf.merge(_read_yaml(common), _read_yaml(path))
+                return from_fork_layout(_read_yaml(path), _read_yaml(common), path)
     raise UserError(
         f"unknown preset {name!r}; known presets: {', '.join(preset_names())}"
         + (f" (also looked in {config_dir})" if config_dir else "")

@@ -28,6 +28,9 @@ from tera.model.tera import TeraModel
 
 log = logging.getLogger(__name__)
 UPSTREAMS = ("tera2", "fbank", "mfcc")
+# s3prl's names for a TERA2 checkpoint given with -k (its tera2 hub entries; the fork's README
+# uses `tera2_local`): the same upstream as `tera2`.
+TERA2_CHECKPOINT_NAMES = ("tera2_local", "tera2_custom", "tera2_url")
 
 
 def _pad(wavs: list[torch.Tensor], device: torch.device | None = None
@@ -168,6 +171,17 @@ def random_tera(preset: str = "slim", seed: int = 0) -> TeraModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return TeraModel(model_config(load_preset(preset))).eval()
+
+
+def upstream_name(name: str, ckpt: str | Path | None) -> str:
+    """`name` with s3prl's names for a local TERA2 checkpoint (`tera2_local`, ...) mapped to
+    `tera2`; like s3prl, those need the checkpoint."""
+    if name not in TERA2_CHECKPOINT_NAMES:
+        return name
+    if ckpt is None:
+        raise UserError(f"-u {name} is s3prl's name for a TERA2 checkpoint given with -k, "
+                        "and no -k was given")
+    return "tera2"
 
 
 def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "slim",

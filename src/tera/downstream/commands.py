@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, upstream_name
+
 
 def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,13 +17,17 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--mode", choices=["train", "evaluate"], default="train")
     p.add_argument("-d", "--downstream", help="asr, pr, ks, sid, asv (or s3prl's ctc, "
                    "speech_commands, voxceleb1, sv_voxceleb1)")
-    p.add_argument("-u", "--upstream", default="tera2", choices=["tera2", "fbank", "mfcc"])
+    p.add_argument("-u", "--upstream", default="tera2",
+                   choices=[*UPSTREAMS, *TERA2_CHECKPOINT_NAMES],
+                   help="tera2 (s3prl's tera2_local, tera2_custom and tera2_url are the same: "
+                   "a TERA2 checkpoint given with -k), fbank or mfcc")
     p.add_argument("-k", "--upstream-ckpt", help="TERA checkpoint in any format")
     p.add_argument("--upstream-preset", default="slim",
                    help="size of the random TERA used when -u tera2 has no -k")
     p.add_argument("-n", "--expname", help="run name: result/downstream/NAME")
     p.add_argument("-p", "--expdir", help="run folder (instead of -n)")
-    p.add_argument("-c", "--config", help="recipe YAML (default: the task's SUPERB recipe)")
+    p.add_argument("-c", "--config", help="recipe YAML (default: the task's SUPERB recipe; "
+                   "s3prl's recipe paths such as downstream/ctc/libriphone.yaml name it too)")
     p.add_argument("-o", "--override", help='"config.optimizer.lr=1e-4,,config.runner.'
                    'total_steps=1000"')
     p.add_argument("-e", "--init-ckpt", help="downstream checkpoint to evaluate or resume")
@@ -40,7 +46,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.init_ckpt is None and args.downstream is None:
         raise UserError("-d TASK is needed to train (or -e CHECKPOINT to evaluate / resume)")
     results = run(
-        args.downstream or "", mode=args.mode, upstream=args.upstream,
+        args.downstream or "", mode=args.mode,
+        upstream=upstream_name(args.upstream, args.upstream_ckpt),
         upstream_ckpt=args.upstream_ckpt, name=args.expname, expdir=args.expdir,
         config=args.config, overrides=parse_overrides(args.override), data_root=args.data_root,
         init_ckpt=args.init_ckpt, test_split=args.evaluate_split, seed=args.seed,

@@ -60,9 +60,39 @@ def recipe_path(task: str) -> Path:
     return Path(str(resources.files("tera") / "configs" / "downstream" / f"{task}.yaml"))
 
 
+# s3prl's SUPERB recipe files (`-c` paths inside s3prl/s3prl) and the task each one is.
+S3PRL_RECIPES = {
+    "downstream/asr/config.yaml": "asr",
+    "downstream/ctc/libriphone.yaml": "pr",
+    "downstream/speech_commands/config.yaml": "ks",
+    "downstream/voxceleb1/config.yaml": "sid",
+    "downstream/sv_voxceleb1/config.yaml": "asv",
+    "downstream/sv_voxceleb1/configs/amsoftmax.yaml": "asv",
+}
+
+
+def recipe_file(task: str, config: str | Path | None) -> Path:
+    """The recipe `-c config` names: none or one of s3prl's recipe paths
+    (`downstream/ctc/libriphone.yaml`, from any folder) is the task's built-in recipe, any
+    other path a recipe file in tera-speech's format."""
+    if config is None:
+        return recipe_path(task)
+    parts = Path(config).parts
+    s3prl = next((S3PRL_RECIPES[tail] for n in (3, 4)
+                  if (tail := "/".join(parts[-n:])) in S3PRL_RECIPES), None)
+    if s3prl is not None:
+        if s3prl != task:
+            raise UserError(f"-c {config} is s3prl's {s3prl} recipe, not one for {task}")
+        return recipe_path(task)
+    if not Path(config).is_file():
+        raise UserError(f"{config}: no such recipe file (s3prl's recipe paths "
+                        f"{', '.join(S3PRL_RECIPES)} name the built-in recipes)")
+    return Path(config)
+
+
 def load_recipe(task: str, config: str | Path | None, profile: str | None,
                 overrides: list[str]) -> DictConfig:
-    cfg = OmegaConf.load(config or recipe_path(task))
+    cfg = OmegaConf.load(recipe_file(task, config))
     profiles = cfg.pop("profiles", None) or {}
     if profile:
         if profile not in profiles:

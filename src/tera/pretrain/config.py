@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.model.config import TeraConfig
-from tera.presets import canonical_name, load_preset
+from tera.presets import canonical_name, read_preset
+from tera.pretrain.fork_yaml import ignored_line, ignored_reason
 
 
 def load_config(config_name: str, config_dir: str | Path | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The resolved training config of a preset with overrides applied and validated."""
-    cfg = load_preset(config_name, config_dir)
+    """The resolved training config of a preset with overrides applied and validated.
+
+    Keys the fairseq fork's files and commands carry that TERA2 does not use (`task.label_dir`,
+    `hydra.*`, ...; see `tera.pretrain.fork_yaml`) are ignored, and named once on stderr."""
+    cfg, ignored = read_preset(config_name, config_dir)
     for override in overrides:
-        apply_override(cfg, override)
+        key = override.split("=", 1)[0]
+        if "=" in override and ignored_reason(key):
+            ignored.append(key.lstrip("+"))
+        else:
+            apply_override(cfg, override)
+    if ignored:
+        print(f"tera pretrain: ignoring keys TERA2 does not use: {ignored_line(ignored)}",
+              file=sys.stderr)
     cfg.common.preset = canonical_name(config_name)
     validate(cfg)
     return cfg
