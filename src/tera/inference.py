@@ -14,7 +14,7 @@ from tqdm import tqdm
 from tera.errors import UserError
 from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS
 
-DIRECTORY_FORMATS = ("safetensors",)  # formats written as a folder, not a file
+DIRECTORY_FORMATS = ("safetensors", "transformers")  # formats written as a folder, not a file
 
 
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +46,14 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     convert = sub.add_parser(
         "convert", help="convert a checkpoint between formats",
         description="Read a checkpoint in any format (fairseq fork, s3prl tera2, tera "
-        "pretrain, safetensors directory) and write it as --to: s3prl (a file for s3prl's "
-        "tera2 upstream), fairseq (a file in the fork's layout) or safetensors (a directory "
-        "with model.safetensors, config.json and README.md).",
+        "pretrain, safetensors or transformers directory) and write it as --to: s3prl (a file "
+        "for s3prl's tera2 upstream), fairseq (a file in the fork's layout), safetensors (a "
+        "directory with model.safetensors, config.json and README.md) or transformers (a "
+        "directory that transformers.HubertModel.from_pretrained loads).",
     )
     convert.add_argument("src")
     convert.add_argument("dst", nargs="?", help="output file or directory (or --output_dir)")
-    convert.add_argument("--to", choices=["s3prl", "fairseq", "safetensors"],
+    convert.add_argument("--to", choices=["s3prl", "fairseq", "safetensors", "transformers"],
                          help="output format (default with --output_dir: s3prl)")
     convert.add_argument("--output_dir", "--output-dir", dest="output_dir",
                          help="as s3prl's upstream/tera2/convert.py: write DIR/<src stem>.pt")

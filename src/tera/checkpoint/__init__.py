@@ -11,6 +11,8 @@ Formats, detected from content (SPEC §2):
   plain containers only, `extra_state["tera"]` holding the training state.
 - "safetensors" (`safetensors_dir.py`): a folder with `model.safetensors`, `config.json` and
   a README card (`card.py`).
+- "transformers" (`transformers_dir.py`): a folder `transformers.HubertModel` loads, with
+  what it has no place for in `tera_extra.safetensors`.
 
 Every format keeps everything a checkpoint says, so that A -> B -> A is exact: the s3prl and
 fairseq exports carry only the reference config fields where s3prl / the fork read them, and
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tera.checkpoint import fairseq, s3prl, safetensors_dir, training
+from tera.checkpoint import fairseq, s3prl, safetensors_dir, training, transformers_dir
 from tera.checkpoint.card import ARCHITECTURE_FIELDS, model_card, preset_name
 from tera.checkpoint.common import (
     REFERENCE_MODEL_DEFAULTS,
@@ -43,7 +45,8 @@ __all__ = ["ARCHITECTURE_FIELDS", "FORMATS", "REFERENCE_MODEL_DEFAULTS",
            "save_checkpoint"]
 
 # What `save_checkpoint` writes: format name -> writer(ckpt, dst).
-WRITERS = {"s3prl": s3prl.save, "fairseq": fairseq.save, "safetensors": safetensors_dir.save}
+WRITERS = {"s3prl": s3prl.save, "fairseq": fairseq.save, "safetensors": safetensors_dir.save,
+           "transformers": transformers_dir.save}
 FORMATS = tuple(WRITERS)
 
 
@@ -53,6 +56,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     is returned in eval mode. Bad files raise `UserError` naming the file."""
     path = Path(path)
     if path.is_dir():
+        if transformers_dir.is_transformers_dir(path):
+            return transformers_dir.load(path, map_location)
         return safetensors_dir.load(path, map_location)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file or directory")
@@ -72,8 +77,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
 
 
 def save_checkpoint(ckpt: LoadedCheckpoint, dst: str | Path, fmt: str) -> None:
-    """Write `ckpt` as "s3prl" (a file), "fairseq" (a file) or "safetensors" (a directory),
-    atomically."""
+    """Write `ckpt` as "s3prl" (a file), "fairseq" (a file), "safetensors" or "transformers"
+    (a directory), atomically."""
     if fmt not in WRITERS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     WRITERS[fmt](ckpt, Path(dst))

@@ -1,4 +1,5 @@
-"""What a checkpoint is, in words: its preset and the model card of a safetensors export."""
+"""What a checkpoint is, in words: its preset, the facts of a model card, and the card of a
+safetensors export."""
 
 from __future__ import annotations
 
@@ -27,12 +28,23 @@ def preset_name(ckpt: LoadedCheckpoint) -> str:
 
 def model_card(ckpt: LoadedCheckpoint) -> str:
     """The README of a safetensors checkpoint: preset, size, cost and training summary."""
+    lines = ["# TERA2 checkpoint", "", *card_facts(ckpt)]
+    lines += ["", "Files: `model.safetensors` (the weights, fairseq / s3prl names), "
+              "`config.json` (`model_cfg`, `task_cfg`, `dictionaries_symbols`, `metadata`).",
+              "", "Load with `tera.checkpoint.load_checkpoint(DIR)` or "
+              "`tera.upstream.load_upstream(\"tera2\", DIR)`; convert with "
+              "`tera convert DIR OUT.pt --to s3prl|fairseq`."]
+    return "\n".join(lines) + "\n"
+
+
+def card_facts(ckpt: LoadedCheckpoint) -> list[str]:
+    """A model card's facts, one bullet each: preset, architecture, size, cost, and the
+    training summary of a `tera pretrain` checkpoint."""
     from tera.presets import model_cost
 
     cfg, meta = ckpt.model_cfg, ckpt.metadata
     cost = model_cost(cfg)
     lines = [
-        "# TERA2 checkpoint", "",
         f"- preset: {preset_name(ckpt)}",
         f"- architecture: {cfg.encoder_layers} layers x {cfg.encoder_embed_dim}, FFN "
         f"{cfg.encoder_ffn_embed_dim}, {cfg.encoder_attention_heads} heads, "
@@ -49,9 +61,4 @@ def model_card(ckpt: LoadedCheckpoint) -> str:
     for key, label, form in summary:
         if isinstance(meta.get(key), (int, float)):
             lines.append(f"- {label}: {form.format(meta[key])}")
-    lines += ["", "Files: `model.safetensors` (the weights, fairseq / s3prl names), "
-              "`config.json` (`model_cfg`, `task_cfg`, `dictionaries_symbols`, `metadata`).",
-              "", "Load with `tera.checkpoint.load_checkpoint(DIR)` or "
-              "`tera.upstream.load_upstream(\"tera2\", DIR)`; convert with "
-              "`tera convert DIR OUT.pt --to s3prl|fairseq`."]
-    return "\n".join(lines) + "\n"
+    return lines
