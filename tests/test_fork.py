@@ -12,20 +12,18 @@ import json
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from tera.audio import load_audio
 from tera.checkpoint import load_checkpoint
 from tera.cli import main
 from tera.errors import UserError
 from tera.model.config import TeraConfig
 from tera.presets import canonical_name, model_config
 from tera.pretrain.config import load_config
-from tera.pretrain.data import write_manifest
 
 from .paths import COMPAT, FLAC
+from .test_pretrain import manifest  # noqa: F401  (the fixture: a few LibriSpeech cuts)
 
 FORK = Path(__file__).parent / "data" / "fork_config" / "pretrain"
 FORK_FILES = sorted(FORK.rglob("*.yaml"))
@@ -99,23 +97,13 @@ def test_what_cannot_be_honoured_is_an_error_naming_the_file(tmp_path, change, e
     assert "mine.yaml" in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    audio = tmp_path_factory.mktemp("audio")
-    wave = load_audio(FLAC).numpy()
-    for i in range(5):
-        sf.write(audio / f"u{i}.wav", wave[i * 20000 : i * 20000 + 18000], 16000)
-    out = tmp_path_factory.mktemp("manifest")
-    write_manifest(audio, out, valid_percent=0.2, seed=0)
-    return out
-
-
-def test_pretraining_from_the_fork_file_with_label_dir(manifest, tmp_path, capsys):
+def test_pretraining_from_the_fork_file_with_label_dir(request, tmp_path, capsys):
+    audio = request.getfixturevalue("manifest")
     save_dir = tmp_path / "run"
     code = main([
         "pretrain", "--config-dir", str(FORK / "exp"),
         "--config-name", "tera_slim_200per_50flops_librispeech",
-        f"task.data={manifest}", "task.label_dir=/path/to/label_dir/960",
+        f"task.data={audio}", "task.label_dir=/path/to/label_dir/960",
         f"checkpoint.save_dir={save_dir}",
         # shrunk to seconds: the fork's file gives everything else
         "model.encoder_layers=1", "model.encoder_embed_dim=96", "model.encoder_ffn_embed_dim=128",
@@ -155,6 +143,15 @@ def test_s3prl_pr_command_with_tera2_local(small_corpus, tmp_path, capsys):
     assert main(["downstream", "-d", "ks", "-c", str(tmp_path / "missing.yaml"),
                  "-p", str(tmp_path / "z"), "--data-root", str(small_corpus)]) == 2
     assert "no such recipe file" in capsys.readouterr().err
+
+
+def test_extract_takes_s3prl_upstream_names(tmp_path):
+    out = tmp_path / "feats.npz"
+    assert main(["extract", "-u", "tera2_local", "-k", str(COMPAT / "tera2_s3prl_converted.pt"),
+                 "--layer", "all", str(FLAC), "-o", str(out)]) == 0
+    import numpy as np
+
+    assert np.load(out)[FLAC.stem].shape == (4, 596, 48)
 
 
 def test_s3prl_recipe_paths_name_the_built_in_recipes():
