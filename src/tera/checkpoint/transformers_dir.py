@@ -87,7 +87,6 @@ def hubert_config(cfg: TeraConfig) -> dict[str, Any]:
     return {
         "architectures": ["HubertModel"],
         "model_type": "hubert",
-        "dtype": "float32",
         "conv_dim": [c for c, _, _ in layers],
         "conv_kernel": [k for _, k, _ in layers],
         "conv_stride": [s for _, _, s in layers],
@@ -168,10 +167,12 @@ def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
     encoder = {hubert_name(k): v for k, v in state.items() if not _is_extra(k, cfg)}
     extra = {k: v for k, v in state.items() if _is_extra(k, cfg)}
     identity_projection = "post_extract_proj.weight" not in state
+    dtype = state["layer_norm.weight"].dtype  # the checkpoint's, e.g. float16 from fairseq
     if identity_projection:  # HubertModel always projects: D -> D, exactly the identity
         dim = cfg.encoder_embed_dim
-        encoder["feature_projection.projection.weight"] = torch.eye(dim)
-        encoder["feature_projection.projection.bias"] = torch.zeros(dim)
+        encoder["feature_projection.projection.weight"] = torch.eye(dim, dtype=dtype)
+        encoder["feature_projection.projection.bias"] = torch.zeros(dim, dtype=dtype)
+    config["dtype"] = str(dtype).removeprefix("torch.")
     side = {"format_version": FORMAT_VERSION, "model_cfg": cfg.to_dict(),
             "task_cfg": ckpt.task_cfg, "dictionaries_symbols": ckpt.dictionaries_symbols,
             "metadata": ckpt.metadata, "identity_projection": identity_projection}

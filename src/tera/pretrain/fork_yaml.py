@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,6 @@ def from_fork_layout(preset: DictConfig, common: DictConfig, path: Path
             elif ignored_reason(key):
                 ignored.append(key)
             else:
-                out.setdefault(section, {})
                 for target, mapped in _mapped(key, value, path):
                     target_section, target_name = target.split(".", 1)
                     out.setdefault(target_section, {})[target_name] = mapped
@@ -159,8 +159,6 @@ def _mapped(key: str, value: Any, path: Path) -> list[tuple[str, Any]]:
 
 
 def _check_known(cfg: dict, common: DictConfig, path: Path) -> None:
-    import difflib
-
     known = {f"{s}.{k}" for s, values in common.items() for k in values}
     known |= {f"model.{name}" for name in _model_fields()}
     for section, values in cfg.items():
