@@ -134,7 +134,7 @@ def test_pre_ln_layer_norm_extractor_without_projection(tmp_path, wave):
     standardised = torch.nn.functional.layer_norm(short[None], short[None].shape[-1:])
     with torch.no_grad():
         out = theirs_model(standardised, output_hidden_states=True)
-        ours = model(short[None]).hidden_states
+        ours = model.extract_features(short[None]).hidden_states
     for layer, (a, b) in enumerate(zip(out.hidden_states, ours)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=f"h_{layer}")
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)  # after the final LN
