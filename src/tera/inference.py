@@ -33,6 +33,13 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     extract.add_argument("--layer", default="all", help="'all' or a layer number (0 = input)")
     extract.add_argument("--deltas", action="store_true", help="fbank: add Δ and ΔΔ (240-dim)")
     extract.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    extract.add_argument("--chunk-seconds", type=float, default=60.0,
+                         help="tera2: a longer recording runs in windows of this length "
+                         "(conv extractor: exact) and encoder chunks with --context-seconds "
+                         "on each side (approximate), in bounded memory; 0: whole recordings "
+                         "(default 60)")
+    extract.add_argument("--context-seconds", type=float, default=10.0,
+                         help="tera2: context on each side of an encoder chunk (default 10)")
     extract.add_argument("-o", "--output", required=True, help="output .npz")
     extract.add_argument("files", nargs="+", metavar="FILE")
     extract.set_defaults(handler=run_extract)
@@ -65,7 +72,9 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     from tera.audio import load_audio
+    from tera.runs.files import check_writable
 
+    check_writable(args.output)  # now, not after minutes of features
     device = _device(args.device)
     upstream = _extract_upstream(args).to(device)
     layer = _parse_layer(args.layer, upstream.num_layers)
@@ -74,13 +83,26 @@ def run_extract(args: argparse.Namespace) -> int:
     for path in tqdm(args.files, desc="extract", unit="file", disable=len(args.files) < 2):
         wave = load_audio(path, min_samples=400).to(device)  # 400 samples: one frame
         with torch.inference_mode():
-            hidden = torch.stack(upstream([wave])["hidden_states"])[:, 0]  # [L+1, T, D]
-        arrays[Path(path).stem] = (hidden if layer is None else hidden[layer]).float().cpu().numpy()
+            states = upstream([wave])["hidden_states"]  # L+1 x [1, T, D]
+        arrays[Path(path).stem] = _as_array(states, layer)
     _save_npz(Path(args.output), arrays)
     shapes = ", ".join(f"{k} {v.shape}" for k, v in list(arrays.items())[:3])
     more = ", ..." if len(arrays) > 3 else ""
     print(f"wrote {args.output}: {len(arrays)} arrays ({shapes}{more})")
     return 0
+
+
+def _as_array(states: list[torch.Tensor], layer: int | None) -> np.ndarray:
+    """(L+1, T, D) or (T, D) float32, filled layer by layer and each layer let go once
+    copied, so that a long recording's states are held once, not twice."""
+    if layer is not None:
+        return states[layer][0].float().cpu().numpy()
+    frames, dim = states[0].shape[1:]
+    array = np.empty((len(states), frames, dim), dtype=np.float32)
+    for i in range(len(states)):
+        array[i] = states[i][0].float().cpu().numpy()
+        states[i] = None  # type: ignore[call-overload]
+    return array
 
 
 def _extract_upstream(args: argparse.Namespace):
@@ -91,9 +113,13 @@ def _extract_upstream(args: argparse.Namespace):
     if args.upstream == "tera2" and args.ckpt is None:
         print("tera extract: no checkpoint given (-k): using a randomly initialised slim "
               "model (seed 0)", file=sys.stderr)
-        return TeraUpstream(random_tera("slim", seed=0))
-    return load_upstream(upstream_name(args.upstream, args.ckpt), args.ckpt,
-                         deltas=args.deltas)
+        return TeraUpstream(random_tera("slim", seed=0), args.chunk_seconds,
+                            args.context_seconds)
+    name = upstream_name(args.upstream, args.ckpt)
+    if name == "tera2":
+        return load_upstream(name, args.ckpt, chunk_seconds=args.chunk_seconds,
+                             context_seconds=args.context_seconds)
+    return load_upstream(name, args.ckpt, deltas=args.deltas)
 
 
 def _device(name: str) -> torch.device:
@@ -190,8 +216,16 @@ def _info_target(target: str):
 
 def run_convert(args: argparse.Namespace) -> int:
     from tera.checkpoint import convert_checkpoint
+    from tera.runs.files import check_writable
 
     dst, fmt = convert_target(args.src, args.dst, args.output_dir, args.to)
+    # Before reading the source: a folder that can take the file(s), nothing in the way.
+    if fmt in DIRECTORY_FORMATS:
+        if dst.exists() and not dst.is_dir():
+            raise UserError(f"{dst}: a {fmt} checkpoint is a folder, and this is a file")
+        check_writable(dst / "config.json" if dst.is_dir() else dst)
+    else:
+        check_writable(dst)
     ckpt = convert_checkpoint(args.src, dst, fmt)
     print(f"converted {args.src} ({ckpt.source_format}) -> {dst} ({fmt})")
     return 0

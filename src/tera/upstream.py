@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tera.audio import compute_deltas, fbank, mfcc39
 from tera.errors import UserError
 from tera.model.components import lengths_to_padding_mask
+from tera.model.config import TeraConfig
 from tera.model.tera import TeraModel
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,33 @@ def receptive_field(conv_layers: list[tuple[int, int, int]]) -> int:
 
 
 class TeraUpstream(Upstream):
-    """A TERA2 model: h_0 (the encoder input) and the output of each of its L layers, 50 Hz."""
+    """A TERA2 model: h_0 (the encoder input) and the output of each of its L layers, 50 Hz.
+
+    A recording longer than `chunk_seconds` is processed alone in bounded memory
+    (`tera.model.long_audio`): the conv extractor in windows (exact), the encoder in chunks
+    of `chunk_seconds` with `context_seconds` of context on each side (approximate). 0 turns
+    this off: the whole recording at once.
+    """
 
     name = "tera2"
 
-    def __init__(self, model: TeraModel) -> None:
+    def __init__(self, model: TeraModel, chunk_seconds: float = 60.0,
+                 context_seconds: float = 10.0) -> None:
         super().__init__()
+        if chunk_seconds < 0 or context_seconds < 0:
+            raise UserError(f"chunk length {chunk_seconds} s and context {context_seconds} s "
+                            "must not be negative")
         self.model = model.eval()
         self.num_layers = model.cfg.encoder_layers + 1
         self.hidden_size = model.cfg.encoder_embed_dim
         self.min_samples = receptive_field(model.cfg.conv_layers)  # samples for one frame
+        self.chunk_seconds, self.context_seconds = chunk_seconds, context_seconds
+        frames_per_second = 16000 / self.get_downsample_rate()
+        self.chunk_frames = round(chunk_seconds * frames_per_second)
+        self.context_frames = round(context_seconds * frames_per_second)
+
+    def options(self) -> dict:
+        return {"chunk_seconds": self.chunk_seconds, "context_seconds": self.context_seconds}
 
     def get_downsample_rate(self) -> int:
         rate = 1
@@ -117,9 +135,33 @@ class TeraUpstream(Upstream):
         if shortest < self.min_samples:
             raise UserError(f"a waveform has {shortest} samples; tera2 needs at least "
                             f"{self.min_samples} (one frame)")
+        frames = self.model.num_frames(lengths)
+        if self.chunk_frames > 0 and int(frames.max()) > self.chunk_frames:
+            return self._one_by_one(wavs)
         # One utterance has no padding: no lengths lets the model take its unmasked paths.
         out = self.model.extract_features(waves, lengths if len(wavs) > 1 else None)
         return self._result(out.hidden_states, out.frame_lengths)
+
+    def _one_by_one(self, wavs: list[torch.Tensor]) -> dict:
+        """A batch holding a long recording: each utterance alone (the long ones through
+        `extract_long`), then padded together."""
+        from tera.model.long_audio import extract_long
+
+        device = self.model.mask_emb.device
+        outputs = []
+        for wave in wavs:
+            wave = wave.to(device, torch.float32)
+            if self.model.num_frames(len(wave)) > self.chunk_frames:
+                outputs.append(extract_long(self.model, wave, self.chunk_frames,
+                                            self.context_frames))
+            else:
+                outputs.append(self.model.extract_features(wave[None]))
+        lengths = torch.cat([out.frame_lengths for out in outputs])
+        if len(outputs) == 1:
+            return self._result(outputs[0].hidden_states, lengths)
+        hidden = [pad_sequence([out.hidden_states[layer][0] for out in outputs],
+                               batch_first=True) for layer in range(self.num_layers)]
+        return self._result(hidden, lengths)
 
 
 class FbankUpstream(Upstream):
@@ -163,14 +205,15 @@ class MfccUpstream(Upstream):
         return self._result([feats], frames)
 
 
-def random_tera(preset: str = "slim", seed: int = 0) -> TeraModel:
-    """A randomly initialised TERA2 of a preset, the same for a given seed (the global RNG
-    is left as it was)."""
+def random_tera(preset: str | TeraConfig = "slim", seed: int = 0) -> TeraModel:
+    """A randomly initialised TERA2 of a preset (or a model config), in eval mode, the same
+    for a given seed (the global RNG is left as it was)."""
     from tera.presets import load_preset, model_config
 
+    cfg = model_config(load_preset(preset)) if isinstance(preset, str) else preset
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return TeraModel(model_config(load_preset(preset))).eval()
+        return TeraModel(cfg).eval()
 
 
 def upstream_name(name: str, ckpt: str | Path | None) -> str:
@@ -185,21 +228,23 @@ def upstream_name(name: str, ckpt: str | Path | None) -> str:
 
 
 def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "slim",
-                  seed: int = 0, deltas: bool = False) -> Upstream:
+                  seed: int = 0, deltas: bool = False, chunk_seconds: float = 60.0,
+                  context_seconds: float = 10.0) -> Upstream:
     """Build an upstream by name.
 
     "tera2": from `ckpt` in any format `tera.checkpoint.load_checkpoint` reads, or without
     one a randomly initialised model of `preset` (torch seed `seed`; logged as a warning).
-    "fbank" (`deltas=True` adds Δ and ΔΔ) and "mfcc" take no checkpoint.
+    "fbank" (`deltas=True` adds Δ and ΔΔ) and "mfcc" take no checkpoint. `chunk_seconds`,
+    `context_seconds`: how "tera2" processes long recordings (see `TeraUpstream`).
     """
     if name in ("tera2", "tera"):
         if ckpt is None:
             log.warning("tera2 without a checkpoint: a randomly initialised %s model "
                         "(seed %d)", preset, seed)
-            return TeraUpstream(random_tera(preset, seed))
+            return TeraUpstream(random_tera(preset, seed), chunk_seconds, context_seconds)
         from tera.checkpoint import load_checkpoint
 
-        return TeraUpstream(load_checkpoint(ckpt).model)
+        return TeraUpstream(load_checkpoint(ckpt).model, chunk_seconds, context_seconds)
     if name not in UPSTREAMS:
         raise UserError(f"unknown upstream {name!r}; choose one of {', '.join(UPSTREAMS)}")
     if ckpt is not None:
