@@ -383,3 +383,57 @@ def test_training_checkpoint_loads_and_converts_exactly(tmp_path, trained, wave)
     assert "preset: tiny" in card and "pre-training updates: 1" in card
     assert torch.equal(hidden_states(load_checkpoint(tmp_path / "s3prl.pt").model, wave),
                        hidden_states(ckpt.model, wave))
+
+
+# --- refusing what should not load ----------------------------------------------------------
+
+
+def test_non_finite_weights_are_refused(tmp_path, reference, capsys):
+    state = dict(reference["model_weight"])
+    state["layer_norm.weight"] = state["layer_norm.weight"].clone().fill_(float("nan"))
+    torch.save({**reference, "model_weight": state}, tmp_path / "nan.pt")
+    with pytest.raises(UserError, match=r"nan\.pt: weight 'layer_norm\.weight' has 32 NaN or "
+                                        r"infinite values"):
+        load_checkpoint(tmp_path / "nan.pt")
+    from tera.cli import main
+
+    assert main(["extract", "-k", str(tmp_path / "nan.pt"), str(FLAC), "-o",
+                 str(tmp_path / "x.npz")]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("call", ["bytearray", "bytes", "ndarray"])
+def test_allowed_callables_with_absurd_arguments_are_refused(tmp_path, call):
+    """`bytearray(10**15)` is on torch's weights_only allow-list: refused before loading."""
+    import numpy as np
+
+    class Payload:
+        def __reduce__(self):
+            if call == "ndarray":
+                return np.ndarray, ((10**6, 10**6),)
+            return {"bytearray": bytearray, "bytes": bytes}[call], (10**15,)
+
+    for protocol, path in ((2, tmp_path / "plain.pt"), (None, tmp_path / "zip.pt")):
+        if protocol is None:
+            torch.save({"cfg": {"model": {}}, "model": {}, "x": Payload()}, path)
+        else:
+            path.write_bytes(pickle.dumps({"cfg": {"model": {}}, "model": {}, "x": Payload()},
+                                          protocol=protocol))
+        with pytest.raises(UserError, match=rf"{path.name}: refusing to unpickle .*absurd"):
+            load_checkpoint(path)
+
+
+def test_exports_are_readable_like_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        ckpt = load_checkpoint(S3PRL)
+        save_checkpoint(ckpt, tmp_path / "s.pt", "s3prl")
+        save_checkpoint(ckpt, tmp_path / "st", "safetensors")
+    finally:
+        os.umask(umask)
+    for path in (tmp_path / "s.pt", *sorted((tmp_path / "st").iterdir())):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -178,3 +178,26 @@ def test_hand_built_voxceleb_tree_and_check_problems(tmp_path):
     assert "1 trial speakers also appear" in "\n".join(report.lines)  # VoxCeleb1 style: a note
     (tmp_path / "veri_dev.txt").write_text("1 id10270/ccc/00001.wav id10270/ccc/00002.wav\n")
     assert "training split of iden_split.txt: id10001" in "\n".join(check_corpus(tmp_path).problems)
+
+
+def test_corpus_check_lists_every_problem(small_corpus, tmp_path, capsys):
+    """A malformed trial list, two bad lines of one transcript and a duplicate id: all
+    listed, exit 1 (not the first one as an error, exit 2)."""
+    import shutil
+
+    root = tmp_path / "corpus"
+    shutil.copytree(small_corpus, root)
+    trans = sorted((root / "librispeech" / "train").glob("*/*/*.trans.txt"))[0]
+    lines = trans.read_text().splitlines()
+    first, second = lines[0].split()[0], lines[1].split()[0]
+    trans.write_text("\n".join([first, second, *lines[2:], lines[2]]) + "\n")
+    with open(root / "voxceleb1" / "veri_test2.txt", "a") as f:
+        f.write("2 id99999/x.wav\n")
+    assert main(["corpus", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    n = len(lines)
+    assert f"{trans.name}:1: expected 'UTTERANCE-ID TEXT', got '{first}'" in out
+    assert f"{trans.name}:2: expected 'UTTERANCE-ID TEXT', got '{second}'" in out
+    assert f"{trans.name}:{n + 1}: utterance id {lines[2].split()[0]} appears twice" in out
+    assert "veri_test2.txt:" in out and "got '2 id99999/x.wav'" in out
+    assert "6 problem(s)" in out  # + the two audio files whose lines are gone

@@ -132,3 +132,36 @@ def test_resume_continues_at_the_saved_step(small_corpus, tmp_path):
 def test_missing_data_is_explained(tmp_path):
     with pytest.raises(UserError, match="no data"):
         run("ks", upstream="fbank", expdir=tmp_path / "x", data_root=tmp_path / "nowhere")
+
+
+def test_a_truncated_cache_file_is_recomputed_not_loaded(small_corpus, tmp_path):
+    upstream = load_upstream("tera2", preset="tiny")
+    utts = speech_commands.load_split(small_corpus / "speech_commands", "valid")[:2]
+    cpu = torch.device("cpu")
+    first = FeatureCache(upstream, tmp_path, max_memory_bytes=0).states(utts, cpu)
+    files = sorted(tmp_path.rglob("*.pt"))
+    assert len(files) == 2 and not list(tmp_path.rglob(".*.tmp"))
+    files[0].write_bytes(files[0].read_bytes()[:100])  # as a killed, non-atomic writer left it
+    again = FeatureCache(upstream, tmp_path, max_memory_bytes=0)
+    states = again.states(utts, cpu)
+    assert again.misses == 1 and again.hits == 1
+    for a, b in zip(first, states):  # recomputed alone rather than in a batch: fp16 rounding
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+    assert len(torch.load(files[0], weights_only=True)) == len(first[0])  # rewritten whole
+
+
+def test_a_mistyped_override_is_one_line(small_corpus, tmp_path, capsys):
+    assert main(["downstream", "-m", "train", "-d", "ks", "-u", "fbank", "-p",
+                 str(tmp_path / "ks"), "--data-root", str(small_corpus),
+                 "-o", "config.runner.total_steps=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("tera downstream: error: downstream config key 'runner.total_steps' "
+                   "expects an int, got 'abc'\n")
+
+
+def test_an_unwritable_run_folder_fails_before_any_feature(small_corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["downstream", "-m", "train", "-d", "ks", "-u", "fbank", "-p",
+                 str(tmp_path / "file" / "ks"), "--data-root", str(small_corpus)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("file is a file, not a folder")

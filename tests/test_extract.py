@@ -191,3 +191,19 @@ def test_convert_bad_source_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "notes.txt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "convert"])
+def test_unwritable_outputs_are_one_line_and_leave_no_temporary_file(tmp_path, capsys,
+                                                                     command):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {tmp_path / "folder": "is a folder",
+             tmp_path / "file" / "x.npz": "file is a file, not a folder"}
+    for output, reason in cases.items():
+        argv = (["extract", "-u", "mfcc", str(FLAC), "-o", str(output)] if command == "extract"
+                else ["convert", str(S3PRL), str(output), "--to", "s3prl"])
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert reason in line and str(output) in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -84,7 +86,7 @@ def test_batches_respect_max_tokens_and_cover_every_utterance():
 def test_config_errors_list_valid_keys(manifest, tmp_path):
     with pytest.raises(UserError, match="optimization.max_update"):
         run_config(manifest, tmp_path, "optimization.max_updates=3")
-    with pytest.raises(UserError, match="expects a int"):
+    with pytest.raises(UserError, match="expects an int"):
         run_config(manifest, tmp_path, "optimization.max_update=many")
     with pytest.raises(UserError, match="task.data"):
         load_config("tiny")
@@ -119,7 +121,7 @@ def test_stopped_and_resumed_run_ends_with_identical_weights(manifest, tmp_path)
     def stop_after_three(micro):
         stats = update(micro)
         if interrupted.update == 2:  # this update is the third
-            interrupted.stop_requested = True  # what SIGINT / SIGTERM do
+            interrupted.stop_signal = signal.SIGTERM  # what SIGINT / SIGTERM do
         return stats
 
     interrupted._update = stop_after_three
@@ -143,8 +145,6 @@ def test_stopped_and_resumed_run_ends_with_identical_weights(manifest, tmp_path)
 
 def test_signal_handlers_are_given_back_after_training(manifest, tmp_path):
     """`tera study` goes on after a pre-training: Ctrl-C must interrupt it again."""
-    import signal
-
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     Trainer(run_config(manifest, tmp_path, "optimization.max_update=1")).train()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
@@ -209,3 +209,155 @@ def test_two_gloo_processes_match_one_process_with_accumulation(manifest, tmp_pa
         torch.testing.assert_close(grad_two, grad_one, atol=1e-7, rtol=1e-4, msg=name)
         moved += int(grad_one.abs().max() > 0)
     assert moved > len(initial) // 2
+
+
+# --- robustness: one line for every mistake, checked before the first update ---------------
+
+
+def pretrain_args(manifest, save_dir, *extra: str) -> list[str]:
+    return ["pretrain", "--config-name", "tiny", f"task.data={manifest}",
+            f"checkpoint.save_dir={save_dir}", *TINY, *extra]
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_missing_audio_file_fails_before_the_first_update(manifest, tmp_path, capsys,
+                                                            workers):
+    bad = tmp_path / "manifest"
+    bad.mkdir()
+    for name in ("train.tsv", "valid.tsv"):
+        (bad / name).write_text((tmp_path.parent / manifest / name).read_text())
+    with open(bad / "train.tsv", "a") as f:
+        f.write("gone/missing.flac\t40000\n")
+    save_dir = tmp_path / "run"
+    assert main(pretrain_args(bad, save_dir, f"dataset.num_workers={workers}")) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"tera pretrain: error: {bad / 'train.tsv'}: 1 of the ")
+    assert "missing.flac: no such audio file" in line
+    assert not (save_dir / "log.jsonl").exists()  # no update was made
+
+
+def test_an_error_inside_a_dataloader_worker_is_the_same_one_line(manifest, tmp_path, capsys):
+    """A file whose header is fine but whose samples are NaN fails only when read, in a
+    worker process: the user still sees one line."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    wave = load_audio(FLAC).numpy()[:20000]
+    for i in range(3):
+        sf.write(audio / f"ok{i}.wav", wave, 16000, subtype="FLOAT")
+    wave[100] = np.nan
+    sf.write(audio / "nan.wav", wave, 16000, subtype="FLOAT")
+    out = tmp_path / "manifest"
+    write_manifest(audio, out, valid_percent=0.01, seed=0)
+    assert main(pretrain_args(out, tmp_path / "run", "dataset.num_workers=2",
+                              "optimization.max_update=4")) == 2
+    (line,) = error_lines(capsys)
+    assert line == f"tera pretrain: error: {audio / 'nan.wav'}: the audio contains NaN or " \
+                   "infinite samples"
+
+
+def test_resuming_with_another_architecture_names_the_key(manifest, tmp_path, capsys):
+    assert main(pretrain_args(manifest, tmp_path, "optimization.max_update=1")) == 0
+    capsys.readouterr()
+    assert main(pretrain_args(manifest, tmp_path, "optimization.max_update=2",
+                              "model.encoder_layers=2")) == 2
+    (line,) = error_lines(capsys)
+    assert "checkpoint_last.pt: this run changes the architecture" in line
+    assert "model.encoder_layers is 1 there and 2 now" in line
+
+
+def test_truncated_last_checkpoint_names_the_newest_interval_checkpoint_by_update(
+        manifest, tmp_path):
+    Trainer(run_config(manifest, tmp_path, "optimization.max_update=1")).train()
+    last = tmp_path / "checkpoint_last.pt"
+    for name in ("checkpoint_1_9000.pt", "checkpoint_1_10000.pt", "checkpoint_1_500.pt"):
+        (tmp_path / name).write_bytes(last.read_bytes())
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"checkpoint_last\.pt: corrupt or truncated .*the "
+                                        r"newest interval checkpoint is checkpoint_1_10000\.pt"):
+        Trainer(run_config(manifest, tmp_path, "optimization.max_update=2")).train()
+
+
+def test_a_second_pretraining_on_a_save_dir_in_use_stops_at_once(manifest, tmp_path, capsys):
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tera.cli",
+         *pretrain_args(manifest, tmp_path, "optimization.max_update=100000")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = tmp_path / ".tera.lock"
+        for _ in range(600):  # until the first holds the lock (imports take a while)
+            if lock.is_file() and str(first.pid) in lock.read_text():
+                break
+            assert first.poll() is None
+            time.sleep(0.1)
+        assert main(pretrain_args(manifest, tmp_path, "optimization.lr=0.00123")) == 2
+        (line,) = error_lines(capsys)
+        assert f"{tmp_path} is in use by process {first.pid} (tera pretrain" in line
+        assert "lr: 0.00123" not in (tmp_path / "config.yaml").read_text()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def default_ctrl_c() -> None:
+    """In the child: Ctrl-C as in a terminal (a test runner started in the background
+    ignores SIGINT, and its children would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_with(signum: int, args: list[str], when) -> subprocess.CompletedProcess:
+    """Run `tera ARGS`, send `signum` once `when()` holds; (return code, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "tera.cli", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_ctrl_c)
+    for _ in range(1200):
+        if when() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_pretraining_saves_and_exits_with_the_signal_code(manifest, tmp_path,
+                                                                    signum, code):
+    args = pretrain_args(manifest, tmp_path, "optimization.max_update=100000")
+    log = tmp_path / "log.jsonl"
+    done = stop_with(signum, args, lambda: log.is_file() and log.stat().st_size > 0)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "run the same command again to resume" in done.stderr
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+
+
+def test_ctrl_c_during_start_up_is_one_line(manifest, tmp_path):
+    """Ctrl-C while `tera` is still importing torch (what the `tera` script runs, with a
+    line printed once Python's own Ctrl-C handling is in place)."""
+    script = ("import sys; print('ready', flush=True); from tera.cli import main; "
+              "sys.exit(main())")
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *pretrain_args(manifest, tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)  # into the imports (torch takes seconds)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert err.strip() == "tera pretrain: interrupted"
+
+
+def test_values_out_of_range_are_refused(manifest, tmp_path, capsys):
+    audio = str(read_manifest(f"{manifest}/train.tsv")[0])
+    assert main(["manifest", audio, "-o", str(tmp_path / "m"), "--valid-percent", "50"]) == 2
+    assert "--valid-percent 50 is out of range" in capsys.readouterr().err
+    assert main(["plan", "--config-name", "tiny", "--fraction", "-1"]) == 2
+    assert "--fraction -1.0: the share of the budget must be a number above 0" in \
+        capsys.readouterr().err
+    with pytest.raises(UserError, match="mask_prob is a probability, between 0 and 1; got 1.5"):
+        run_config(manifest, tmp_path, "model.mask_prob=1.5")
+    with pytest.raises(UserError, match="encoder_layers must be an integer of at least 1"):
+        run_config(manifest, tmp_path, "model.encoder_layers=0")

@@ -4,6 +4,7 @@ temporary file left behind)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -68,3 +69,146 @@ def test_a_parent_that_is_a_file_is_one_line(tmp_path):
             write_text(target, "data")
         with pytest.raises(UserError, match=r"file is a file, not a folder"):
             check_writable(target)
+
+
+# --- checkpoints by step ------------------------------------------------------------------------
+
+
+def test_checkpoints_are_ordered_by_step_not_by_text(tmp_path):
+    from tera.runs.checkpoints import downstream_states, interval_checkpoints, keep_newest
+
+    for name in ("checkpoint_1_10000.pt", "checkpoint_1_9000.pt", "checkpoint_2_500.pt",
+                 "checkpoint_best.pt", "checkpoint_last.pt", "states-1000.ckpt",
+                 "states-900.ckpt", "states-10000.ckpt", "dev-best.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in interval_checkpoints(tmp_path)] == [
+        "checkpoint_2_500.pt", "checkpoint_1_9000.pt", "checkpoint_1_10000.pt"]
+    assert [p.name for p in downstream_states(tmp_path)] == [
+        "states-900.ckpt", "states-1000.ckpt", "states-10000.ckpt"]
+    removed = keep_newest(downstream_states(tmp_path), 2)
+    assert [p.name for p in removed] == ["states-900.ckpt"]
+    assert [p.name for p in downstream_states(tmp_path)] == ["states-1000.ckpt",
+                                                            "states-10000.ckpt"]
+    assert keep_newest(interval_checkpoints(tmp_path), 0) == []  # 0 keeps all
+
+
+# --- the lock -----------------------------------------------------------------------------------
+
+
+LOCKER = """
+import sys, time
+from tera.runs.lock import folder_lock
+with folder_lock(sys.argv[1], "tera pretrain"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_second_process_on_a_locked_folder_stops_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    first = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path), "60"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked"
+        from tera.runs.lock import folder_lock
+
+        with pytest.raises(UserError) as caught, folder_lock(tmp_path, "tera pretrain"):
+            pass
+        message = str(caught.value)
+        assert f"in use by process {first.pid} (tera pretrain, started" in message
+        assert "\n" not in message
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from tera.runs.lock import folder_lock
+
+    killed = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "locked"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    with folder_lock(tmp_path, "tera pretrain"):
+        pass
+    assert f"taking over the lock of process {killed.pid}" in capsys.readouterr().err
+    with folder_lock(tmp_path, "tera pretrain"):  # released properly: nothing to say
+        pass
+    assert capsys.readouterr().err == ""
+
+
+# --- overrides ----------------------------------------------------------------------------------
+
+
+def test_one_typed_override_parser_for_both_commands():
+    from omegaconf import OmegaConf
+
+    from tera.runs.overrides import apply_overrides, s3prl_overrides
+
+    cfg = OmegaConf.create({"runner": {"total_steps": 10, "lr": 0.1, "name": "x"},
+                            "optimizer": {"betas": [0.9, 0.98]}})
+    overrides = s3prl_overrides("config.runner.total_steps=7,,config.runner.lr=1e-4,,"
+                                "config.optimizer.betas=[0.8, 0.9]")
+    assert overrides == ["runner.total_steps=7", "runner.lr=1e-4", "optimizer.betas=[0.8, 0.9]"]
+    apply_overrides(cfg, overrides)
+    assert cfg.runner.total_steps == 7 and cfg.runner.lr == 1e-4
+    assert list(cfg.optimizer.betas) == [0.8, 0.9]
+    with pytest.raises(UserError, match=r"^config key 'runner.total_steps' expects an int, "
+                                        r"got 'abc'$"):
+        apply_overrides(cfg, ["runner.total_steps=abc"])
+    with pytest.raises(UserError, match=r"unknown config key 'runner.total_step'; valid keys "
+                                        r"near it: runner.total_steps"):
+        apply_overrides(cfg, ["runner.total_step=3"])
+    with pytest.raises(UserError, match="not of the form"):
+        apply_overrides(cfg, ["runner.total_steps"])
+
+
+# --- records and the log ------------------------------------------------------------------------
+
+
+def test_downstream_result_keeps_keys_it_does_not_know(tmp_path):
+    from tera.runs.records import DownstreamResult, read_result, write_result
+
+    result = DownstreamResult(task="ks", metric="accuracy", value=0.5, split="test",
+                              checkpoint="dev-best.ckpt", upstream="fbank", upstream_ckpt=None,
+                              layer_weights=[1.0], step=3, wall_time_s=1.5,
+                              extra={"interval": [0.4, 0.6]})
+    write_result(tmp_path, result)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved)[:10] == ["task", "metric", "value", "split", "checkpoint", "upstream",
+                                "upstream_ckpt", "layer_weights", "step", "wall_time_s"]
+    assert saved["interval"] == [0.4, 0.6] and "dev_eer" not in saved
+    assert read_result(tmp_path) == result
+    (tmp_path / "results.json").write_text('{"task": "ks"}')
+    with pytest.raises(UserError, match="results.json: a downstream result lacks metric"):
+        read_result(tmp_path)
+
+
+def test_training_state_round_trip_and_errors():
+    from tera.runs.records import TrainingState
+
+    state = TrainingState(update=5, epoch=1, position=2, preset="tiny", extra={"future": 1})
+    assert TrainingState.from_dict(state.to_dict()) == state
+    with pytest.raises(UserError, match="ckpt.pt: the training state lacks position"):
+        TrainingState.from_dict({"update": 1, "epoch": 0}, "ckpt.pt")
+
+
+def test_run_log_writes_json_lines_and_skips_a_torn_line(tmp_path):
+    from tera.runs.log import RunLog, read_log
+
+    log = RunLog(tmp_path, tensorboard="tb", step_key="step")
+    log.write({"step": 1, "loss": 0.5})
+    log.write({"step": 2, "loss": 0.25, "best": None}, echo=False)
+    log.close()
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # killed while writing
+    assert read_log(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25,
+                                                            "best": None}]
+    assert any((tmp_path / "tb").iterdir())

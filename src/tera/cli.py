@@ -3,14 +3,18 @@
 Every area of the package owns a small `add_*_commands(subparsers)` function that declares
 its sub-commands and binds them to a handler; this file only assembles them, so adding a
 command never means editing another area's code.
+
+Whatever goes wrong that is the user's to fix ends as one line on stderr: a `UserError`
+(exit 2), Ctrl-C (exit 130) and SIGTERM (exit 143), at any moment, start-up included.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from tera.errors import UserError
+from tera.errors import Terminated, UserError, raise_terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,16 +32,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # What the messages call the command, until the parser knows it.
+    command = f"tera {argv[0]}" if argv and not argv[0].startswith("-") else "tera"
+    previous = _handle(signal.SIGTERM, raise_terminated)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"tera {args.command}"
         return int(args.handler(args) or 0)
     except UserError as err:
-        print(f"tera {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tera {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{command}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            _handle(signal.SIGTERM, previous)
+
+
+def _handle(signum: int, handler):  # noqa: ANN001, ANN202
+    """Install a signal handler; returns the previous one (None off the main thread)."""
+    try:
+        return signal.signal(signum, handler)
+    except ValueError:  # signals are for the main thread only
+        return None
 
 
 if __name__ == "__main__":

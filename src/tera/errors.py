@@ -1,4 +1,8 @@
-"""The one exception type for problems with the user's input."""
+"""The exceptions a `tera` command answers with one line instead of a traceback."""
+
+from __future__ import annotations
+
+import signal
 
 
 class UserError(Exception):
@@ -6,3 +10,14 @@ class UserError(Exception):
 
     The message names the file, key or shape at fault and what was expected.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C does (`finally` blocks run, atomic writes leave no
+    partial file); the CLI exits 143 (128 + SIGTERM). Not an `Exception`, so that no
+    `except Exception` swallows it."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
+    """A SIGTERM handler: raise `Terminated`."""
+    raise Terminated(signal.Signals(signum).name)

@@ -28,8 +28,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tera.errors import UserError
+from tera.checkpoint.training import read_training_state
+from tera.errors import UserError, raise_terminated
 from tera.report import UpstreamResult, write_report
+from tera.runs.checkpoints import downstream_states
+from tera.runs.lock import folder_lock
+from tera.runs.log import read_log
+from tera.runs.records import read_result
 
 
 @dataclass
@@ -81,12 +86,17 @@ def default_jobs() -> int:
 
 def run_study(config: str | Path | None = None, quick: bool = False,
               out: str | Path | None = None, jobs: int | None = None) -> Path:
-    from tera.corpora import default_corpus_dir
-    from tera.corpora.synthetic import synthesize
 
     spec = study_config(config, quick)
     out = Path(out or ("study-quick" if quick else "study"))
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "tera study"):  # one study per folder
+        return _run_study(spec, out, jobs)
+
+
+def _run_study(spec: DictConfig, out: Path, jobs: int | None) -> Path:
+    from tera.corpora import default_corpus_dir
+    from tera.corpora.synthetic import synthesize
+
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs}: at least one job must run at a time")
     workers = jobs or default_jobs()
@@ -126,9 +136,9 @@ def run_study(config: str | Path | None = None, quick: bool = False,
     for label, kind, ckpt in upstreams:
         metrics, weights = {}, {}
         for task in tasks:
-            result = json.loads((expdir(out, label, task) / "results.json").read_text())
-            metrics[task] = float(result["value"])
-            weights[task] = list(result["layer_weights"])
+            result = read_result(expdir(out, label, task))
+            metrics[task] = float(result.value)
+            weights[task] = list(result.layer_weights)
         results.append(upstream_result(label, kind, ckpt, runs, metrics, weights))
     say(started, "report")
     notes = [f"corpus: {corpus} ({spec.corpus.preset})",
@@ -219,14 +229,14 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, started: float) -> Non
     board = Board(jobs, workers, started)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, running, finished = list(jobs), {}, set()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         while pending or running:
             for job, process in list(running.items()):
                 if process.poll() is None:
                     continue
                 del running[job]
-                if process.returncode == 130:
+                if process.returncode in (130, 143):  # stopped by SIGINT / SIGTERM
                     raise KeyboardInterrupt
                 if process.returncode:
                     raise UserError(f"{job.name} failed (exit status {process.returncode}); "
@@ -258,10 +268,6 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, started: float) -> Non
                 process.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _interrupt(signum, frame) -> None:  # noqa: ANN001, ARG001
-    raise KeyboardInterrupt
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -330,10 +336,8 @@ def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, 
     """The `tera pretrain` job of a run, or None when its checkpoint is complete."""
     overrides, max_update = pretrain_overrides(spec, run, manifest)
     last = run.save_dir / "checkpoint_last.pt"
-    if last.is_file():
-        meta = torch.load(last, weights_only=True)["extra_state"]["tera"]
-        if int(meta["update"]) >= max_update:
-            return None
+    if last.is_file() and read_training_state(last).update >= max_update:
+        return None
     if threads == 1:  # a data-loading process would take turns with the trainer on its core
         overrides.append("dataset.num_workers=0")
     cost = max_update * SECONDS_PER_PRETRAIN_UPDATE * (run.size / 100) ** 0.25
@@ -345,9 +349,9 @@ def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, 
 def save_random_model(spec: DictConfig, path: Path) -> Path:
     """A randomly initialised TERA of the 100 % size, saved so the runner can load it."""
     from tera.checkpoint import LoadedCheckpoint, save_checkpoint
-    from tera.model.tera import TeraModel
     from tera.presets import load_preset, model_config
     from tera.pretrain.config import apply_override
+    from tera.upstream import random_tera
 
     if (path / "model.safetensors").is_file():
         return path
@@ -357,8 +361,7 @@ def save_random_model(spec: DictConfig, path: Path) -> Path:
     for key, value in (spec.pretrain.sizes.get(100) or spec.pretrain.sizes.get("100") or {}
                        ).items():
         apply_override(cfg, f"{key}={value}")
-    torch.manual_seed(0)
-    model = TeraModel(model_config(cfg)).eval()
+    model = random_tera(model_config(cfg), seed=0)
     save_checkpoint(LoadedCheckpoint(model, model.cfg, {}, None, "tera", path,
                                      {"preset": "random init (100 %)"}), path, "safetensors")
     return path
@@ -372,8 +375,6 @@ def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, cor
                    folder: Path, name: str) -> Job | None:
     """The `tera downstream` job of one task and upstream (resuming from its last saved
     state, if any), or None when its results are in."""
-    from tera.downstream.runner import saved_states
-
     if (folder / "results.json").is_file():
         return None
     args = ["downstream", "-m", "train", "-d", task, "-u", kind, "-p", str(folder.resolve()),
@@ -383,7 +384,7 @@ def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, cor
     overrides = list(spec.downstream.overrides.get(task, []))
     if overrides:
         args += ["-o", ",,".join(overrides)]
-    states = saved_states(folder)
+    states = downstream_states(folder)
     if states:
         args += ["-e", str(states[-1].resolve())]
     steps = int(downstream_recipe(spec, task).runner.total_steps)
@@ -418,12 +419,10 @@ def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[Pretrain
         result.parameters = count_parameters(loaded.model_cfg)
     run = next((r for r in runs if r.name == label), None)
     if run is not None:
-        meta = torch.load(run.save_dir / "checkpoint_last.pt", weights_only=True)
-        meta = meta["extra_state"]["tera"]
+        state = read_training_state(run.save_dir / "checkpoint_last.pt")
         result.size_percent, result.budget = run.size, run.budget
-        result.pretrain_updates = int(meta["update"])
-        result.pretrain_flops = float(meta["train_flops"])
-        result.pretrain_wall_s = float(meta["wall_time_s"])
-        log = run.save_dir / "log.jsonl"
-        result.loss_curve = [json.loads(line) for line in log.read_text().splitlines()]
+        result.pretrain_updates = state.update
+        result.pretrain_flops = state.train_flops
+        result.pretrain_wall_s = state.wall_time_s
+        result.loss_curve = read_log(run.save_dir)
     return result

@@ -121,17 +121,16 @@ def _without_empty_labels(state: dict, dictionaries: list | None) -> tuple[dict,
     return state, dictionaries
 
 
-def load_weights(model: TeraModel, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Strict load with an error that names the file and the first key that does not fit.
-
-    The model's own tensors are replaced by the checkpoint's (cast to the model's dtypes), so
-    it may be built on the meta device."""
+def checked_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                    path: Path | str) -> dict[str, torch.Tensor]:
+    """`state` with exactly the names of `expected` (the positional conv's
+    `parametrizations.weight.original0/1` renamed to `weight_g/v`), each of the expected
+    shape and finite; else a `UserError` naming the file and the first key at fault."""
     state = dict(state)
     for old, new in (("original0", "weight_g"), ("original1", "weight_v")):
         key = f"encoder.pos_conv.0.parametrizations.weight.{old}"
         if key in state:
             state[f"encoder.pos_conv.0.{new}"] = state.pop(key)
-    expected = model.state_dict()
     for name, tensor in expected.items():
         if name not in state:
             raise UserError(f"{path}: checkpoint lacks weight {name!r} {tuple(tensor.shape)}")
@@ -143,6 +142,23 @@ def load_weights(model: TeraModel, state: dict[str, torch.Tensor], path: Path) -
     unexpected = [name for name in state if name not in expected]
     if unexpected:
         raise UserError(f"{path}: unexpected weight {unexpected[0]!r} for a TERA2 model")
+    for name in expected:
+        weight = state[name]
+        if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+            bad = int((~torch.isfinite(weight)).sum())
+            raise UserError(f"{path}: weight {name!r} has {bad} NaN or infinite values: the "
+                            "run that wrote it diverged; use an earlier checkpoint")
+    return state
+
+
+def load_weights(model: TeraModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict load with an error that names the file and the first key that does not fit
+    (or is not finite).
+
+    The model's own tensors are replaced by the checkpoint's (cast to the model's dtypes), so
+    it may be built on the meta device."""
+    expected = model.state_dict()
+    state = checked_weights(state, expected, path)
     state = {name: state[name].to(tensor.dtype) for name, tensor in expected.items()}
     model.load_state_dict(state, strict=True, assign=True)
 

@@ -1,14 +1,54 @@
 """Our training checkpoint (`tera pretrain`'s `checkpoint_*.pt`): the fairseq fork's layout
-written with plain containers only (read with `weights_only=True`), the training state in
-`extra_state["tera"]`."""
+written with plain containers only (read with `weights_only=True`), the training state
+(`TrainingState`) in `extra_state["tera"]`. The trainer writes it with
+`training_checkpoint`, and everything that reads it back goes through `read_training_checkpoint`
+(resume) or `load` (as a model, any tool)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from tera.checkpoint.common import LoadedCheckpoint, from_parts
 from tera.checkpoint.fairseq import dictionary_states, fairseq_configs
-from tera.checkpoint.unpickler import to_plain
+from tera.checkpoint.unpickler import first_line, to_plain
+from tera.errors import UserError
+from tera.runs.records import TrainingState
+
+
+def training_checkpoint(cfg: dict, model_state: dict, optimizer_state: dict,
+                        state: TrainingState) -> dict:
+    """The content of a training checkpoint. cfg: the resolved run config, its `model`
+    section the full model config."""
+    return {
+        "cfg": cfg,
+        "model": model_state,
+        "task_state": {"dictionaries_symbols": None},
+        "extra_state": {"tera": state.to_dict()},
+        "last_optimizer_state": optimizer_state,
+        "optimizer_history": [{"optimizer_name": "AdamW", "num_updates": state.update}],
+    }
+
+
+def read_training_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                             ) -> tuple[dict, TrainingState]:
+    """(the checkpoint's content, its training state); `UserError` naming the file when it
+    is unreadable, truncated or not a training checkpoint."""
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such training checkpoint") from None
+    except Exception as err:  # truncated zip, bad pickle, ...: all mean the same here
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({first_line(err)})") from err
+    if not isinstance(raw, dict) or not is_training_checkpoint(raw):
+        raise UserError(f"{path}: not a tera pretrain checkpoint (no extra_state['tera'])")
+    return raw, TrainingState.from_dict(raw["extra_state"]["tera"], path)
+
+
+def read_training_state(path: str | Path) -> TrainingState:
+    return read_training_checkpoint(path)[1]
 
 
 def is_training_checkpoint(raw: dict) -> bool:

@@ -24,12 +24,13 @@ from tera.errors import UserError
 
 def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """The unpickled content of `path`; `UserError` for a file that is not a PyTorch file,
-    is truncated, or names a class outside the allow-list."""
+    is truncated, names a class outside the allow-list or asks for an absurd allocation."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(2)
         if head[:1] != b"\x80":  # neither a torch zip archive nor a legacy pickle
             raise UserError(f"{path}: not a checkpoint (not a PyTorch file)")
+    check_allocations(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -45,6 +46,9 @@ def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any
         raise UserError(f"{path}: refusing to unpickle {err} (not on the allow-list)") from err
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({first_line(err)})") from err
+    except MemoryError as err:  # what check_allocations could not foresee
+        raise UserError(f"{path}: refusing a checkpoint that asks for more memory than this "
+                        "machine has") from err
 
 
 def first_line(err: BaseException) -> str:
@@ -96,11 +100,15 @@ _PYTHON2_NAMES = {("__builtin__", "long"): ("builtins", "int")}
 _STAND_IN_MODULES = ("omegaconf", "fairseq.data.dictionary", "argparse", "typing", "enum")
 
 
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """A global's name as Python 3 spells it (protocol-2 pickles use `__builtin__`)."""
+    module, name = _PYTHON2_NAMES.get((module, name), (module, name))
+    return ("builtins" if module == "__builtin__" else module), name
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        module, name = _PYTHON2_NAMES.get((module, name), (module, name))
-        if module == "__builtin__":
-            module = "builtins"
+        module, name = _python3_name(module, name)
         if (module, name) in ALLOWED or (module == "torch" and name.endswith("Storage")):
             return super().find_class(module, name)
         if module.startswith(_STAND_IN_MODULES):
@@ -137,3 +145,84 @@ def to_plain(obj: Any) -> Any:
     if name.endswith("Namespace"):
         return to_plain({k: v for k, v in state.items() if not k.startswith("_")})
     return to_plain(state)  # fairseq's Dictionary: its attributes
+
+
+# --- absurd allocations -----------------------------------------------------------------------
+
+# Bytes or array elements an allowed constructor may be asked for with a size argument
+# (`bytearray(n)` zero-fills n bytes). Legitimate checkpoints never do this: their bytes and
+# arrays are built from data in the file.
+MAX_ALLOCATION = 1 << 26
+
+
+class RefusedAllocation(Exception):
+    pass
+
+
+def check_allocations(path: Path) -> None:
+    """Unpickle `path`'s pickles without building anything (every class a stand-in, no
+    tensor data read) to find allowed callables asked for absurd allocations, such as
+    `bytearray(10**15)`: torch's own `weights_only` loader allows `bytearray` and would try
+    to allocate it. `UserError` naming the call."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                _AllocationScanner(io.BytesIO(archive.read(name))).load()
+        else:  # a legacy file: magic number, protocol, system info, the object, storage keys
+            with open(path, "rb") as f:
+                scanner = _AllocationScanner(f)
+                for _ in range(5):
+                    scanner.load()
+    except RefusedAllocation as err:
+        raise UserError(f"{path}: refusing to unpickle {err}: an absurd allocation") from err
+    except Exception:  # a malformed pickle: the real loader says what is wrong
+        pass
+
+
+def _refuse_bytes(*args: Any, **kwargs: Any) -> bytes:
+    """`bytes(n)` / `bytearray(n)` with an absurd n; built from data, nothing to check."""
+    size = args[0] if args else None
+    if isinstance(size, int) and not isinstance(size, bool) and size > MAX_ALLOCATION:
+        raise RefusedAllocation(f"a {size}-byte buffer")
+    return b""
+
+
+def _refuse_array(*args: Any, **kwargs: Any) -> None:
+    """numpy's `_reconstruct(cls, shape, dtype)` / `ndarray(shape, ...)` with an absurd
+    shape."""
+    for shape in args[:2]:
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = (shape,)
+        if isinstance(shape, (tuple, list)) and shape and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in shape):
+            size = 1
+            for n in shape:
+                size *= max(n, 0)
+            if size > MAX_ALLOCATION:
+                raise RefusedAllocation(f"a numpy array of shape {tuple(shape)}")
+    return None
+
+
+class _Anything(_StandIn):
+    """In the scan: whatever a class would have built (lists and dicts included)."""
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+_ALLOCATING = {("builtins", "bytes"): _refuse_bytes, ("builtins", "bytearray"): _refuse_bytes,
+               ("numpy.core.multiarray", "_reconstruct"): _refuse_array,
+               ("numpy._core.multiarray", "_reconstruct"): _refuse_array,
+               ("numpy", "ndarray"): _refuse_array}
+
+
+class _AllocationScanner(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return _ALLOCATING.get(_python3_name(module, name), _Anything)
+
+    def persistent_load(self, pid: Any) -> None:  # tensor storages: not read
+        return None

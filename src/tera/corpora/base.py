@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tera.audio import load_audio
+from tera.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,14 @@ class Utterance:
     label: str | None = None
     offset: int = 0
     num_samples: int | None = None
+
+
+def problem(problems: list[str] | None, message: str) -> None:
+    """Report a problem of a corpus file: raise it (loading for a run), or, when a list is
+    given (`tera corpus check`), add it there and go on, so that every problem is listed."""
+    if problems is None:
+        raise UserError(message)
+    problems.append(message)
 
 
 def read_segment(utt: Utterance) -> torch.Tensor:

@@ -47,6 +47,7 @@ def check_corpus(root: str | Path) -> Report:
             _audio_facts(split, utterances, report)
         if kind == "voxceleb1":
             _speaker_overlap(folder, splits, report)
+    report.problems = list(dict.fromkeys(report.problems))  # each problem once
     return report
 
 
@@ -54,10 +55,10 @@ def _splits(kind: str, folder: Path, report: Report) -> dict[str, list[Utterance
     def voxceleb(split: str) -> list[Utterance]:
         if split in voxceleb1.SPLIT_CODES:
             return voxceleb1.load_identification(folder, split)
-        return voxceleb1.load_verification_train(folder)
+        return voxceleb1.load_verification_train(folder, problems=[])  # trial lists: below
 
     loaders = {
-        "librispeech": lambda s: librispeech.load_split(folder, s),
+        "librispeech": lambda s: librispeech.load_split(folder, s, problems=report.problems),
         "speech_commands": lambda s: speech_commands.load_split(folder, s),
         "voxceleb1": voxceleb,
     }[kind]
@@ -75,13 +76,10 @@ def _splits(kind: str, folder: Path, report: Report) -> dict[str, list[Utterance
     if kind == "voxceleb1":
         for name in voxceleb1.TRIAL_LISTS:
             if (folder / name).is_file():
-                try:
-                    trials = voxceleb1.load_trials(folder, name)
-                    labels = Counter(label for label, _, _ in trials)
-                    report.lines.append(f"  {name}: {len(trials)} trials "
-                                        f"({labels[1]} target, {labels[0]} non-target)")
-                except UserError as err:
-                    report.problems.append(str(err))
+                trials = voxceleb1.load_trials(folder, name, report.problems)
+                labels = Counter(label for label, _, _ in trials)
+                report.lines.append(f"  {name}: {len(trials)} trials "
+                                    f"({labels[1]} target, {labels[0]} non-target)")
     return splits
 
 
@@ -113,7 +111,7 @@ def _speaker_overlap(folder: Path, splits: dict[str, list[Utterance]], report: R
     iden_split.txt (ASV training then excludes the trial speakers: a note); a corpus with
     its own dev trials (`veri_dev.txt`, as the embedded one) promises disjoint speakers, so
     there an overlap is a problem."""
-    trial = voxceleb1.trial_speakers(folder)
+    trial = voxceleb1.trial_speakers(folder, problems=[])  # its problems are reported
     identification = {u.speaker for u in splits.get("train", [])}
     overlap = sorted(trial & identification)
     if not overlap:

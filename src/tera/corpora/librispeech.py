@@ -10,36 +10,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tera.corpora.base import Utterance
+from tera.corpora.base import Utterance, problem
 from tera.errors import UserError
 
 AUDIO_EXTENSIONS = (".flac", ".wav")
 
 
-def load_split(root: str | Path, split: str, *, with_phones: bool = False) -> list[Utterance]:
-    """Every utterance of `ROOT/split` with its transcript (and phones if asked)."""
+def load_split(root: str | Path, split: str, *, with_phones: bool = False,
+               problems: list[str] | None = None) -> list[Utterance]:
+    """Every utterance of `ROOT/split` with its transcript (and phones if asked).
+
+    A malformed line, a duplicate utterance id or a missing audio file raises `UserError`;
+    with a `problems` list, each is added there instead and the rest is still read."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise UserError(f"{folder}: no such LibriSpeech split folder")
     transcripts = sorted(folder.glob("*/*/*.trans.txt"))
     if not transcripts:
         raise UserError(f"{folder}: no <speaker>/<chapter>/*.trans.txt transcripts found")
-    utterances = []
+    utterances, seen = [], {}
     for trans in transcripts:
-        lines = _read_id_lines(trans)
-        phones = _read_id_lines(trans.with_name(trans.name.replace(".trans.txt", ".phones.txt")))
+        lines = _read_id_lines(trans, problems)
+        phones = _read_id_lines(trans.with_name(trans.name.replace(".trans.txt", ".phones.txt")),
+                                problems)
         for utt_id, words in lines.items():
             audio = _audio_file(trans.parent, utt_id)
             if audio is None:
-                raise UserError(f"{trans}: transcript line {utt_id} has no audio file "
-                                f"{utt_id}.flac or .wav")
+                problem(problems, f"{trans}: transcript line {utt_id} has no audio file "
+                                  f"{utt_id}.flac or .wav")
+                continue
+            if utt_id in seen:
+                problem(problems, f"{trans}: utterance id {utt_id} is also in {seen[utt_id]}")
+                continue
+            seen[utt_id] = trans
             utterances.append(Utterance(
                 id=utt_id, path=audio, speaker=utt_id.split("-")[0], text=words,
                 phones=tuple(phones[utt_id].split()) if utt_id in phones else None,
             ))
         for audio in sorted(p for p in trans.parent.iterdir() if p.suffix in AUDIO_EXTENSIONS):
             if audio.stem not in lines:
-                raise UserError(f"{audio}: no line for {audio.stem} in {trans.name}")
+                problem(problems, f"{audio}: no line for {audio.stem} in {trans.name}")
     if with_phones and any(u.phones is None for u in utterances):
         from tera.corpora.lexicon import add_lexicon_phones
 
@@ -47,7 +57,7 @@ def load_split(root: str | Path, split: str, *, with_phones: bool = False) -> li
     return utterances
 
 
-def _read_id_lines(path: Path) -> dict[str, str]:
+def _read_id_lines(path: Path, problems: list[str] | None) -> dict[str, str]:
     if not path.is_file():
         return {}
     entries = {}
@@ -56,8 +66,11 @@ def _read_id_lines(path: Path) -> dict[str, str]:
             continue
         parts = line.strip().split(maxsplit=1)
         if len(parts) != 2:
-            raise UserError(f"{path}:{number}: expected 'UTTERANCE-ID TEXT', got {line!r}")
-        entries[parts[0]] = parts[1]
+            problem(problems, f"{path}:{number}: expected 'UTTERANCE-ID TEXT', got {line!r}")
+        elif parts[0] in entries:
+            problem(problems, f"{path}:{number}: utterance id {parts[0]} appears twice")
+        else:
+            entries[parts[0]] = parts[1]
     return entries
 
 

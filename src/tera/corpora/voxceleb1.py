@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tera.corpora.base import Utterance
+from tera.corpora.base import Utterance, problem
 from tera.errors import UserError
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
@@ -42,8 +42,10 @@ def load_identification(root: str | Path, split: str) -> list[Utterance]:
     return items
 
 
-def load_trials(root: str | Path, name: str = "veri_test2.txt"
-                ) -> list[tuple[int, Utterance, Utterance]]:
+def load_trials(root: str | Path, name: str = "veri_test2.txt",
+                problems: list[str] | None = None) -> list[tuple[int, Utterance, Utterance]]:
+    """The trials of a list; a malformed line or a missing file raises `UserError`, or
+    with a `problems` list is added there (and skipped)."""
     root = Path(root)
     listing = root / name
     if not listing.is_file():
@@ -54,25 +56,32 @@ def load_trials(root: str | Path, name: str = "veri_test2.txt"
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise UserError(f"{listing}:{number}: expected 'label enrolment.wav test.wav'")
-        trials.append((int(parts[0]), _utterance(root, parts[1], listing),
-                       _utterance(root, parts[2], listing)))
+            problem(problems, f"{listing}:{number}: expected 'label enrolment.wav test.wav', "
+                              f"got {line.strip()!r}")
+            continue
+        try:
+            trials.append((int(parts[0]), _utterance(root, parts[1], listing),
+                           _utterance(root, parts[2], listing)))
+        except UserError as err:
+            problem(problems, f"{err} (line {number})")
     return trials
 
 
-def trial_speakers(root: Path) -> set[str]:
+def trial_speakers(root: Path, problems: list[str] | None = None) -> set[str]:
     speakers = set()
     for name in TRIAL_LISTS:
         if (root / name).is_file():
-            for _, enrol, test in load_trials(root, name):
+            for _, enrol, test in load_trials(root, name, problems):
                 speakers |= {enrol.speaker, test.speaker}
     return speakers
 
 
-def load_verification_train(root: str | Path) -> list[Utterance]:
-    """Every utterance of a speaker that appears in no trial list (to train the ASV head)."""
+def load_verification_train(root: str | Path, problems: list[str] | None = None
+                            ) -> list[Utterance]:
+    """Every utterance of a speaker that appears in no trial list (to train the ASV head);
+    `problems`: as for `load_trials`."""
     root = Path(root)
-    held_out = trial_speakers(root)
+    held_out = trial_speakers(root, problems)
     items = [
         Utterance(id=p.relative_to(root / "wav").as_posix(), path=p, speaker=p.parts[-3],
                   label=p.parts[-3])

@@ -3,7 +3,8 @@ and batched by total length.
 
 The cache keys an utterance's hidden states by the upstream's identity (a hash of its
 weights and options) and the audio segment (path, offset, length). States are kept in
-memory as float16 up to `max_memory_bytes`, then written under the run folder.
+memory as float16 up to `max_memory_bytes`, then written under the run folder (atomically;
+a cache file that cannot be read is recomputed).
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class FeatureCache:
         if key in self.memory:
             return self.memory[key]
         path = self._disk_path(key)
-        if path is not None and path.is_file():
+        if path is None or not path.is_file():
+            return None
+        try:
             return torch.load(path, weights_only=True)
-        return None
+        except Exception:  # cut short (an older, non-atomic writer; a disk error): recompute
+            path.unlink(missing_ok=True)
+            return None
 
     def _store(self, key: tuple, states: torch.Tensor) -> None:
         size = states.numel() * states.element_size()

@@ -8,16 +8,13 @@ test split and writes `result/downstream/<name>/results.json` (see README for th
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -31,7 +28,12 @@ from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std
-from tera.runs.files import save_torch, write_text
+from tera.runs.checkpoints import downstream_states, downstream_states_name, keep_newest
+from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
+from tera.runs.lock import folder_lock
+from tera.runs.log import RunLog
+from tera.runs.overrides import apply_overrides, s3prl_overrides
+from tera.runs.records import DownstreamResult, write_result
 from tera.upstream import Featurizer, load_upstream
 
 TASKS: dict[str, type[Task]] = {"asr": AsrTask, "pr": PrTask, "ks": KsTask, "sid": SidTask,
@@ -99,35 +101,13 @@ def load_recipe(task: str, config: str | Path | None, profile: str | None,
             raise UserError(f"recipe {task} has no profile {profile!r}")
         for key, value in profiles[profile].items():
             OmegaConf.update(cfg, key, value, merge=True)
-    for override in overrides:
-        apply_override(cfg, override)
+    apply_overrides(cfg, overrides, what="downstream config")
     return cfg
 
 
 def parse_overrides(text: str | None) -> list[str]:
     """s3prl's `-o "config.optimizer.lr=1e-4,,config.runner.total_steps=10"`."""
-    if not text:
-        return []
-    return [part.strip().removeprefix("config.") for part in text.split(",,") if part.strip()]
-
-
-def apply_override(cfg: DictConfig, override: str) -> None:
-    if "=" not in override:
-        raise UserError(f"override {override!r} is not of the form config.key=value")
-    key, text = override.split("=", 1)
-    key = key.strip().removeprefix("config.")
-    if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-        leaves = [k for k in _leaf_keys(OmegaConf.to_container(cfg)) if k.split(".")[0]
-                  == key.split(".")[0]]
-        raise UserError(f"unknown downstream config key {key!r}; keys of that section: "
-                        f"{', '.join(leaves) or ', '.join(cfg.keys())}")
-    OmegaConf.update(cfg, key, yaml.safe_load(text), merge=True)
-
-
-def _leaf_keys(tree: Any, prefix: str = "") -> list[str]:
-    if not isinstance(tree, dict):
-        return [prefix.rstrip(".")]
-    return [k for name, value in tree.items() for k in _leaf_keys(value, f"{prefix}{name}.")]
+    return s3prl_overrides(text)
 
 
 def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bool]:
@@ -269,8 +249,8 @@ class Run:
                 if self.step % int(runner.eval_step) == 0 or self.step == total:
                     self._validate(log)
                 if self.step % int(runner.save_step) == 0 or self.step == total:
-                    self.save(self.expdir / f"states-{self.step}.ckpt")
-                    self._prune()
+                    self.save(self.expdir / downstream_states_name(self.step))
+                    keep_newest(downstream_states(self.expdir), int(runner.max_keep))
                 if self.step >= total:
                     break
         bar.close()
@@ -287,17 +267,6 @@ class Run:
             self.best = value
             self.save(self.expdir / self.task.best_name)
         log({"step": self.step, f"dev_{self.task.metric}": value, "best": self.best})
-
-    def _prune(self) -> None:
-        keep = int(self.cfg.runner.max_keep)
-        saved = saved_states(self.expdir)
-        for old in saved[:-keep] if keep > 0 else []:
-            old.unlink(missing_ok=True)
-
-
-def saved_states(expdir: Path) -> list[Path]:
-    """The run's `states-STEP.ckpt` files, oldest step first."""
-    return sorted(expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
 
 
 def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
@@ -341,8 +310,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         task, upstream = state["task"], state["upstream"]
         upstream_ckpt = upstream_ckpt or state["upstream_ckpt"]
         cfg = OmegaConf.create(state["config"])
-        for override in overrides or []:
-            apply_override(cfg, override)
+        apply_overrides(cfg, overrides or [], what="downstream config")
         expdir = Path(expdir) if expdir else Path(init_ckpt).parent
         seed = int(state.get("seed", seed))
         data_root = data_root or state.get("data_root")
@@ -356,26 +324,30 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
     root, embedded = resolve_data_root(task, data_root)
     if cfg is None:
         cfg = load_recipe(task, config, "embedded" if embedded else None, overrides or [])
-    expdir.mkdir(parents=True, exist_ok=True)
-    write_text(expdir / "config.yaml", OmegaConf.to_yaml(cfg))
-    writer = _tensorboard(expdir)
+    check_writable(ensure_folder(expdir) / "results.json")  # before any feature is computed
+    with folder_lock(expdir, "tera downstream"):
+        write_text(expdir / "config.yaml", OmegaConf.to_yaml(cfg))
+        log = RunLog(expdir, tensorboard="tb", step_key="step", echo_prefix=f"[{task}] ")
+        try:
+            result = _run(task, mode, cfg, root, upstream, upstream_ckpt, expdir, device, cache,
+                          seed, upstream_preset, init_ckpt, test_split, log)
+        finally:
+            log.close()
+        result.wall_time_s = time.perf_counter() - started
+        write_result(expdir, result)
+    return result.to_dict()
 
-    def log(record: dict) -> None:
-        with open(expdir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, record["step"])
-        if not sys.stderr.isatty():
-            print(f"[{task}] " + json.dumps(record), file=sys.stderr)
 
+def _run(task: str, mode: str, cfg: DictConfig, root: Path, upstream: str,
+         upstream_ckpt: str | None, expdir: Path, device: str, cache: bool, seed: int,
+         upstream_preset: str, init_ckpt: str | Path | None, test_split: str | None,
+         log: RunLog) -> DownstreamResult:
     job = Run(task, cfg, root, upstream, upstream_ckpt, expdir, device, cache, seed,
               upstream_preset)
     if init_ckpt is not None:
         job.load(Path(init_ckpt))
     if mode == "train":
-        job.train(log)
+        job.train(log.write)
         best = expdir / job.task.best_name
         job.load(best)
         checkpoint = best
@@ -390,35 +362,25 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
     split = test_split or job.task.test_split
     value, lines = job.evaluate(split)
     write_text(expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
-    results = {
-        "task": job.task.name, "metric": job.task.metric, "value": value, "split": split,
-        "checkpoint": str(checkpoint), "upstream": upstream, "upstream_ckpt": upstream_ckpt,
-        "layer_weights": job.featurizer.layer_weights.tolist(), "step": job.step,
-        "wall_time_s": time.perf_counter() - started, "dev_best": job.best,
-        "cache": {"enabled": cache, "hits": job.cache.hits, "misses": job.cache.misses},
-    }
+    result = DownstreamResult(
+        task=job.task.name, metric=job.task.metric, value=value, split=split,
+        checkpoint=str(checkpoint), upstream=upstream, upstream_ckpt=upstream_ckpt,
+        layer_weights=job.featurizer.layer_weights.tolist(), step=job.step, wall_time_s=0.0,
+        dev_best=job.best,
+        cache={"enabled": cache, "hits": job.cache.hits, "misses": job.cache.misses})
     if job.task.name == "asv" and mode == "train":
-        results["dev_eer"] = job.best
-        results["best_test_eer_over_checkpoints"] = _s3prl_protocol(job, split)
-    write_text(expdir / "results.json", json.dumps(results, indent=2) + "\n")
-    if writer is not None:
-        writer.close()
-    return results
+        result.dev_eer = job.best
+        result.best_test_eer_over_checkpoints = _s3prl_protocol(job, split)
+    return result
 
 
 def _s3prl_protocol(job: Run, split: str) -> dict:
     """s3prl reports the best test EER over every saved checkpoint (selection on test):
     given for comparison only, labelled as such."""
     scores = {}
-    for path in sorted(job.expdir.glob("states-*.ckpt")):
+    for path in downstream_states(job.expdir):
         job.load(path)
         scores[path.name] = job.evaluate(split)[0]
     best = min(scores, key=scores.get)
     return {"protocol": "s3prl: min test EER over saved checkpoints (selected on test)",
             "value": scores[best], "checkpoint": best, "all": scores}
-
-
-def _tensorboard(expdir: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(expdir / "tb"))

@@ -62,6 +62,19 @@ class TeraConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                     "encoder_attention_heads", "conv_pos", "conv_pos_groups", "mask_length",
+                     "mask_channel_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
+        for name in ("mask_prob", "mask_channel_prob", "mask_noise_prob", "dropout",
+                     "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                     "dropout_input"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not 0 <= value <= 1:
+                raise UserError(f"{name} is a probability, between 0 and 1; got {value!r}")
         if self.encoder_embed_dim % self.encoder_attention_heads:
             raise UserError(
                 f"encoder_embed_dim {self.encoder_embed_dim} is not divisible by "
@@ -108,6 +121,9 @@ class TeraConfig:
         return {**extra, **values}
 
 
+MAX_CONV_LAYERS = 64
+
+
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """Parse fairseq's `conv_feature_layers` string, e.g. "[(512,10,5)] + [(512,3,2)] * 4".
 
@@ -125,13 +141,20 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = evaluate(node.left), evaluate(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
+            if isinstance(node.op, ast.Add):
+                return left + right
+            sequence, count = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(sequence, (list, tuple)) and isinstance(count, int) \
+                    and len(sequence) * count > MAX_CONV_LAYERS:  # a checkpoint's string must
+                raise ValueError(f"more than {MAX_CONV_LAYERS} layers")  # not exhaust memory
+            return left * right
         raise ValueError(f"unsupported element {ast.dump(node)}")
 
     try:
         layers = evaluate(ast.parse(spec, mode="eval"))
         layers = [tuple(int(v) for v in layer) for layer in layers]
-        if not layers or any(len(layer) != 3 or min(layer) < 1 for layer in layers):
+        if not layers or len(layers) > MAX_CONV_LAYERS \
+                or any(len(layer) != 3 or min(layer) < 1 for layer in layers):
             raise ValueError("expected a non-empty list of (channels, kernel, stride)")
     except (SyntaxError, ValueError, TypeError) as err:
         raise UserError(f"conv_feature_layers {spec!r} is not a valid layer list: {err}") from err

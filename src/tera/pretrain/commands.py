@@ -53,7 +53,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config_name, args.config_dir, args.overrides)
     summary = pretrain(cfg)
     print(json.dumps(summary))
-    return 130 if summary["stopped"] else 0
+    # stopped by SIGINT / SIGTERM (state saved): 128 + the signal, as the shell reports it
+    return 128 + summary["stop_signal"] if summary["stopped"] else 0
 
 
 def run_plan(args: argparse.Namespace) -> int:

@@ -2,24 +2,24 @@
 
 Every key a run may set is in the preset files (`configs/pretrain/_common.yaml`) or, for the
 `model` section, a `TeraConfig` field; anything else is an error that lists the valid keys
-closest to the one given. Values are parsed as YAML and must keep the type of the default.
+closest to the one given. Values are parsed as YAML and must keep the type of the default
+(the one override parser, `tera.runs.overrides`, shared with `tera downstream -o`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.model.config import TeraConfig
 from tera.presets import canonical_name, read_preset
 from tera.pretrain.fork_yaml import ignored_line, ignored_reason
+from tera.runs.overrides import apply_overrides
 
 
 def load_config(config_name: str, config_dir: str | Path | None = None,
@@ -51,50 +51,15 @@ def valid_keys(cfg: DictConfig) -> list[str]:
 
 
 def apply_override(cfg: DictConfig, override: str) -> None:
-    """Apply one `section.key=value` override in place."""
-    if "=" not in override:
-        raise UserError(f"override {override!r} is not of the form section.key=value")
-    key, text = override.split("=", 1)
-    key = key.lstrip("+")
-    known = valid_keys(cfg)
-    if key not in known:
-        near = difflib.get_close_matches(key, known, n=6, cutoff=0.5)
-        section = key.split(".", 1)[0]
-        same_section = [k for k in known if k.startswith(section + ".")]
-        hint = near or same_section[:12] or sorted({k.split('.')[0] for k in known})
-        raise UserError(f"unknown config key {key!r}; valid keys near it: {', '.join(hint)}")
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as err:
-        raise UserError(f"override {override!r}: cannot parse the value: {err}") from err
-    default = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if default is None and key.startswith("model."):
-        field = {f.name: f for f in dataclasses.fields(TeraConfig)}[key.split(".", 1)[1]]
-        default = field.default
-    OmegaConf.update(cfg, key, _coerce(key, value, default), force_add=True)
+    """Apply one `section.key=value` override in place (typed: `tera.runs.overrides`)."""
+    apply_overrides(cfg, [override], known=valid_keys(cfg), default_of=_model_default)
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if default is None:  # unset (`???`) or optional: any value
-        return value
-    expected = type(default)
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif expected is str:
-        return str(value)
-    elif isinstance(default, (list, tuple)) or OmegaConf.is_list(default):
-        if isinstance(value, list):
-            return value
-    else:
-        return value
-    raise UserError(f"config key {key!r} expects a {expected.__name__}, got {value!r}")
+def _model_default(key: str) -> Any:
+    """The `TeraConfig` default of a `model.*` key the preset does not set."""
+    fields = {f.name: f for f in dataclasses.fields(TeraConfig)}
+    name = key.split(".", 1)[1] if key.startswith("model.") else ""
+    return fields[name].default if name in fields else None
 
 
 def validate(cfg: DictConfig) -> None:

@@ -7,6 +7,9 @@ exactly the batches and crops it would have seen, whatever the number of workers
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,9 @@ def write_manifest_files(root: Path, files: list[Path], out_dir: str | Path,
     Lengths come from the file headers (no decoding). Files that are not 16 kHz are listed
     with their length at 16 kHz (they are resampled when read). Returns counts per split.
     """
+    if not 0 < valid_percent < 1:
+        raise UserError(f"--valid-percent {valid_percent:g} is out of range: it is the share of "
+                        "files for validation, between 0 and 1 (e.g. 0.01 for 1 %)")
     root = Path(root).resolve()
     entries = []
     for path in files:
@@ -85,6 +91,7 @@ class CroppedAudio(Dataset):
 
     def __init__(self, manifest: str | Path, max_sample_size: int, min_sample_size: int,
                  random_crop: bool = True, seed: int = 0) -> None:
+        self.manifest = Path(manifest)
         self.root, entries = read_manifest(manifest)
         kept = [(rel, n) for rel, n in entries if n >= min_sample_size]
         if not kept:
@@ -99,6 +106,24 @@ class CroppedAudio(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def check_files(self, threads: int = 8) -> None:
+        """Read every listed file's header (no decoding; a few threads, as on a network file
+        system the time is in the round trips): one `UserError` naming the manifest and the
+        unusable files, before any of them is needed."""
+        def problem(rel: str) -> str | None:
+            try:
+                frames, _, _ = audio_info(self.root / rel)
+            except UserError as err:
+                return str(err)
+            return f"{self.root / rel}: the audio is empty (0 samples)" if frames == 0 else None
+
+        with ThreadPoolExecutor(threads) as pool:
+            problems = [p for p in pool.map(problem, self.files) if p is not None]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise UserError(f"{self.manifest}: {len(problems)} of the {len(self.files)} audio "
+                            f"files it lists cannot be used: {'; '.join(problems[:3])}{more}")
+
     def crop_sizes(self) -> np.ndarray:
         return np.minimum(self.sizes, self.max_sample_size)
 
@@ -111,6 +136,21 @@ class CroppedAudio(Dataset):
         if self.random_crop:
             start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
         return wave[start : start + self.max_sample_size]
+
+
+@contextmanager
+def unwrap_worker_error() -> Iterator[None]:
+    """Around a DataLoader loop: a `UserError` raised in a worker process arrives wrapped in
+    its traceback ("Caught UserError in DataLoader worker process 0. Original Traceback...");
+    give the user its own one-line message, as in the main process."""
+    try:
+        yield
+    except UserError as err:
+        text = str(err)
+        if not text.startswith("Caught UserError in DataLoader worker"):
+            raise
+        last = text.rstrip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
 
 
 def collate(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

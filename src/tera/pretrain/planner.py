@@ -9,8 +9,11 @@ the same world size.
 
 from __future__ import annotations
 
+import math
+
 from omegaconf import DictConfig
 
+from tera.errors import UserError
 from tera.presets import forward_flops, load_preset, model_config
 
 
@@ -24,6 +27,9 @@ def flops_per_update(cfg: DictConfig) -> float:
 def plan(cfg: DictConfig, budget: DictConfig | None = None, fraction: float = 1.0) -> dict:
     """`max_update` for `cfg` so that it spends `fraction` x the budget run's training FLOPs
     (the budget run defaults to `cfg` itself at its own `max_update`)."""
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and fraction > 0):
+        raise UserError(f"--fraction {fraction}: the share of the budget must be a number "
+                        "above 0 (0.5 for half the budget)")
     budget = budget if budget is not None else cfg
     budget_flops = flops_per_update(budget) * int(budget.optimization.max_update) * fraction
     per_update = flops_per_update(cfg)

@@ -11,7 +11,6 @@ The same seeding makes a 2-process run match a 1-process run with `update_freq` 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -26,14 +25,27 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tera.checkpoint.card import ARCHITECTURE_FIELDS
+from tera.checkpoint.common import checked_weights
+from tera.checkpoint.training import read_training_checkpoint, training_checkpoint
 from tera.errors import UserError
 from tera.model.components import flush_denormals
 from tera.model.tera import TeraModel
 from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
-from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, collate
+from tera.pretrain.data import (
+    CroppedAudio,
+    LengthBatchSampler,
+    SamplerState,
+    collate,
+    unwrap_worker_error,
+)
 from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
-from tera.runs.files import save_torch, write_text
+from tera.runs.checkpoints import interval_checkpoint_name, interval_checkpoints, keep_newest
+from tera.runs.files import ensure_folder, save_torch, write_text
+from tera.runs.lock import folder_lock
+from tera.runs.log import RunLog
+from tera.runs.records import TrainingState
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -111,6 +123,9 @@ class Trainer:
                           if _has_entries(data / "valid.tsv") else None)
         self.sampler = LengthBatchSampler(self.train_set.crop_sizes(), cfg.dataset.max_tokens,
                                           self.seed, self.rank, self.world_size)
+        for dataset in (self.train_set, self.valid_set):  # before the first update
+            if dataset is not None:
+                dataset.check_files()
 
         self.update = 0
         self.best_valid = math.inf
@@ -120,28 +135,38 @@ class Trainer:
             / task.max_sample_size
         self.train_flops = 0.0
         self.target_stats: TargetStats | None = None  # criterion.target_norm "dataset"
-        self.stop_requested = False
+        self.stop_signal: int | None = None  # SIGINT / SIGTERM received: stop after the update
+        self.log: RunLog | None = None
 
     # --- the loop ------------------------------------------------------------------------
 
     def train(self) -> dict:
-        cfg = self.cfg
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
-        if cfg.criterion.target_norm == "dataset" and self.target_stats is None:
-            self.target_stats = self._target_statistics()
-        if self.is_main:
-            write_text(self.save_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-        previous_handlers = self._install_signal_handlers()
-        try:
-            return self._train_loop()
-        finally:  # a caller that goes on (tera study) gets Ctrl-C back
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+        """Train (resuming what `save_dir` holds) to `max_update` or until SIGINT / SIGTERM;
+        returns the summary. One process at a time may train in a save dir."""
+        ensure_folder(self.save_dir)
+        lock = folder_lock(self.save_dir, "tera pretrain") if self.is_main else nullcontext()
+        with lock:
+            self.resume()
+            if self.cfg.criterion.target_norm == "dataset" and self.target_stats is None:
+                self.target_stats = self._target_statistics()
+            if self.is_main:
+                write_text(self.save_dir / "config.yaml", OmegaConf.to_yaml(self.cfg))
+            self.log = RunLog(self.save_dir, tensorboard=self.cfg.common.tensorboard_logdir,
+                              step_key="update", enabled=self.is_main)
+            previous_handlers = self._install_signal_handlers()
+            try:
+                return self._train_loop()
+            finally:  # a caller that goes on (tera study) gets Ctrl-C back
+                self.log.close()
+                for sig, handler in previous_handlers.items():
+                    signal.signal(sig, handler)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
 
     def _train_loop(self) -> dict:
         cfg = self.cfg
-        writer = self._tensorboard()
         max_update = int(cfg.optimization.max_update)
         update_freq = int(cfg.optimization.update_freq)
         # A live bar on a terminal; on a log file (CI, cluster jobs) one JSON line per
@@ -170,22 +195,20 @@ class Trainer:
                 self.update += 1
                 bar.update(1)
                 if self.update % cfg.common.log_interval == 0 or self.update == max_update:
-                    self._log_train(window, writer, bar)
+                    self._log_train(window, bar)
                     window = _Window()
                 if self._due(cfg.dataset.validate_interval_updates) or self.update == max_update:
-                    self.validate(writer)
+                    self.validate()
                 if self._due(cfg.checkpoint.save_interval_updates) and self.update < max_update:
                     self.save(interval=True)
         bar.close()
         self.save(interval=False)
-        if writer is not None:
-            writer.close()
         if self.stop_requested and self.is_main:
             print(f"stopped at update {self.update}: {self.save_dir / LAST} holds the state; "
                   "run the same command again to resume", file=sys.stderr)
         return {"update": self.update, "best_valid_loss": self.best_valid,
                 "wall_time_s": self.wall_time, "train_flops": self.train_flops,
-                "stopped": self.stop_requested}
+                "stopped": self.stop_requested, "stop_signal": self.stop_signal}
 
     def _loss(self, model: torch.nn.Module, waves: torch.Tensor, lengths: torch.Tensor
               ) -> LossOutput:
@@ -208,9 +231,10 @@ class Trainer:
         workers = int(self.cfg.dataset.num_workers)
         loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate,
                             num_workers=workers, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            self.sampler.state.position += 1
-            yield batch
+        with unwrap_worker_error():
+            for batch in loader:
+                self.sampler.state.position += 1
+                yield batch
 
     def _update(self, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
         cfg = self.cfg
@@ -255,7 +279,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
-    def validate(self, writer) -> float | None:
+    def validate(self) -> float | None:
         if self.valid_set is None:
             return None
         self.model.eval()
@@ -263,12 +287,13 @@ class Trainer:
                                      self.seed, shuffle=False)
         loader = DataLoader(self.valid_set, batch_sampler=sampler, collate_fn=collate)
         total, count = 0.0, 0
-        for number, (waves, lengths) in enumerate(loader):
-            torch.manual_seed(_mix(self.seed, -1, number, 0))  # the same masks every time
-            with self._autocast():
-                out = self._loss(self.model, waves.to(self.device), lengths.to(self.device))
-            total += out.loss.item() * len(lengths)
-            count += len(lengths)
+        with unwrap_worker_error():
+            for number, (waves, lengths) in enumerate(loader):
+                torch.manual_seed(_mix(self.seed, -1, number, 0))  # the same masks every time
+                with self._autocast():
+                    out = self._loss(self.model, waves.to(self.device), lengths.to(self.device))
+                total += out.loss.item() * len(lengths)
+                count += len(lengths)
         self.model.train()
         valid_loss = total / max(count, 1)
         if valid_loss < self.best_valid:
@@ -276,41 +301,22 @@ class Trainer:
             if self.is_main:
                 save_torch(self._checkpoint(), self.save_dir / BEST)
         if self.is_main:
-            self._write_log({"update": self.update, "valid_loss": valid_loss,
-                             "best_valid_loss": self.best_valid})
-            if writer is not None:
-                writer.add_scalar("valid/loss", valid_loss, self.update)
+            self.log.write({"update": self.update, "valid_loss": valid_loss,
+                            "best_valid_loss": self.best_valid}, prefix="valid/", echo=False)
             tqdm.write(f"update {self.update}: valid_loss {valid_loss:.4f} "
                        f"(best {self.best_valid:.4f})", file=sys.stderr)
         return valid_loss
 
     # --- logging ----------------------------------------------------------------------------
 
-    def _log_train(self, window: _Window, writer, bar: tqdm) -> None:
+    def _log_train(self, window: _Window, bar: tqdm) -> None:
         if not self.is_main or not window.count:
             return
         record = window.summary(self.update)
-        self._write_log(record)
-        if writer is not None:
-            for key in ("loss", "reconstruction", "features_pen", "lr", "grad_norm",
-                        "updates_per_s", "audio_seconds_per_s"):
-                writer.add_scalar(f"train/{key}", record[key], self.update)
+        self.log.write(record, prefix="train/")
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                         ups=f"{record['updates_per_s']:.2f}",
                         audio_s_per_s=f"{record['audio_seconds_per_s']:.0f}")
-        if not sys.stderr.isatty():
-            tqdm.write(json.dumps(record), file=sys.stderr)
-
-    def _write_log(self, record: dict) -> None:
-        with open(self.save_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _tensorboard(self):
-        if not self.is_main or not self.cfg.common.tensorboard_logdir:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.save_dir / self.cfg.common.tensorboard_logdir))
 
     def _due(self, interval: int) -> bool:
         return interval > 0 and self.update % interval == 0
@@ -320,83 +326,74 @@ class Trainer:
     def _checkpoint(self) -> dict:
         cfg = to_plain(self.cfg)
         cfg["model"] = self.model_cfg.to_dict()
-        return {
-            "cfg": cfg,
-            "model": self.model.state_dict(),
-            "task_state": {"dictionaries_symbols": None},
-            "extra_state": {"tera": {
-                "preset": self.cfg.common.preset,
-                "update": self.update,
-                "epoch": self.sampler.state.epoch,
-                "position": self.sampler.state.position,
-                "best_valid_loss": self.best_valid,
-                "wall_time_s": self.wall_time,
-                "audio_seconds": self.audio_seconds,
-                "train_flops": self.train_flops,
-                "world_size": self.world_size,
-                "scaler": self.scaler.state_dict(),
-                "target_stats": None if self.target_stats is None
-                else self.target_stats.to_dict(),
-            }},
-            "last_optimizer_state": self.optimizer.state_dict(),
-            "optimizer_history": [{"optimizer_name": "AdamW", "num_updates": self.update}],
-        }
+        state = TrainingState(
+            update=self.update, epoch=self.sampler.state.epoch,
+            position=self.sampler.state.position, best_valid_loss=self.best_valid,
+            wall_time_s=self.wall_time, audio_seconds=self.audio_seconds,
+            train_flops=self.train_flops, world_size=self.world_size,
+            preset=self.cfg.common.preset, scaler=self.scaler.state_dict(),
+            target_stats=None if self.target_stats is None else self.target_stats.to_dict())
+        return training_checkpoint(cfg, self.model.state_dict(), self.optimizer.state_dict(),
+                                   state)
 
     def save(self, interval: bool) -> None:
         if not self.is_main:
             return
-        state = self._checkpoint()
-        save_torch(state, self.save_dir / LAST)
+        checkpoint = self._checkpoint()
+        save_torch(checkpoint, self.save_dir / LAST)
         if interval:
-            name = f"checkpoint_{self.sampler.state.epoch + 1}_{self.update}.pt"
-            save_torch(state, self.save_dir / name)
-            self._prune_interval_checkpoints()
-
-    def _prune_interval_checkpoints(self) -> None:
-        keep = int(self.cfg.checkpoint.keep_interval_updates)
-        if keep <= 0:
-            return
-        found = sorted(self.save_dir.glob("checkpoint_*_*.pt"),
-                       key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-        for old in found[:-keep]:
-            old.unlink(missing_ok=True)
+            name = interval_checkpoint_name(self.sampler.state.epoch + 1, self.update)
+            save_torch(checkpoint, self.save_dir / name)
+            keep_newest(interval_checkpoints(self.save_dir),
+                        int(self.cfg.checkpoint.keep_interval_updates))
 
     def resume(self) -> None:
+        """Continue from `checkpoint_last.pt` if the save dir has one, after checking that it
+        is whole, was written by as many processes, and holds the same architecture."""
         path = self.save_dir / LAST
         if not path.exists():
             return
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            meta = state["extra_state"]["tera"]
-        except Exception as err:
-            intervals = sorted(self.save_dir.glob("checkpoint_*_*.pt"))
-            hint = f"; the newest interval checkpoint is {intervals[-1].name}" if intervals else ""
-            raise UserError(f"{path}: corrupt or truncated checkpoint, cannot resume "
-                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                            f"{hint}: move it away to start over or copy that one in its place"
-                            ) from err
-        if meta.get("world_size", 1) != self.world_size:
-            raise UserError(f"{path} was written by a run with {meta.get('world_size')} "
+            raw, state = read_training_checkpoint(path, self.device)
+        except UserError as err:
+            intervals = interval_checkpoints(self.save_dir)
+            hint = (f"; the newest interval checkpoint is {intervals[-1].name}: copy it in its "
+                    "place to resume from there" if intervals else "")
+            raise UserError(f"{err}: cannot resume{hint}, or move it away to start over"
+                            ) from None
+        if state.world_size != self.world_size:
+            raise UserError(f"{path} was written by a run with {state.world_size} "
                             f"processes; resume it with the same number ({self.world_size} now)")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["last_optimizer_state"])
-        self.scaler.load_state_dict(meta["scaler"])
-        self.update = int(meta["update"])
-        self.best_valid = float(meta["best_valid_loss"])
-        self.wall_time = float(meta["wall_time_s"])
-        self.audio_seconds = float(meta["audio_seconds"])
-        self.train_flops = float(meta["train_flops"])
-        self.sampler.state = SamplerState(int(meta["epoch"]), int(meta["position"]))
-        if meta.get("target_stats"):
-            self.target_stats = TargetStats.from_dict(meta["target_stats"])
+        self._check_same_architecture(path, raw)
+        self.model.load_state_dict(checked_weights(raw["model"], self.model.state_dict(), path))
+        self.optimizer.load_state_dict(raw["last_optimizer_state"])
+        self.scaler.load_state_dict(state.scaler)
+        self.update, self.best_valid = state.update, state.best_valid_loss
+        self.wall_time, self.audio_seconds = state.wall_time_s, state.audio_seconds
+        self.train_flops = state.train_flops
+        self.sampler.state = SamplerState(state.epoch, state.position)
+        if state.target_stats:
+            self.target_stats = TargetStats.from_dict(state.target_stats)
         if self.is_main:
             print(f"resuming from {path} at update {self.update}", file=sys.stderr)
 
+    def _check_same_architecture(self, path: Path, raw: dict) -> None:
+        saved = (raw.get("cfg") or {}).get("model") or {}
+        ours = self.model_cfg.to_dict()
+        for key in ARCHITECTURE_FIELDS:
+            if key in saved and saved[key] != ours[key]:
+                raise UserError(
+                    f"{path}: this run changes the architecture of the run it would resume: "
+                    f"model.{key} is {saved[key]!r} there and {ours[key]!r} now; drop that "
+                    "override to resume, or give another checkpoint.save_dir to start over")
+
     def _install_signal_handlers(self) -> dict:
-        """SIGINT / SIGTERM finish the current update, save and stop; returns the handlers
-        they replace."""
+        """SIGINT / SIGTERM finish the current update, save and stop (a second Ctrl-C stops at
+        once; the last checkpoint is intact); returns the handlers they replace."""
         def request_stop(signum, frame):  # noqa: ARG001
-            self.stop_requested = True
+            if self.stop_signal == signal.SIGINT == signum:  # Ctrl-C twice: stop now
+                raise KeyboardInterrupt
+            self.stop_signal = signum
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):

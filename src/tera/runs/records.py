@@ -1,0 +1,131 @@
+"""Typed records of what runs write and read back, each converted in one place.
+
+- `TrainingState`: a pre-training's own state, `extra_state["tera"]` of its checkpoints
+  (written by the trainer, read by resume, `tera study`, `tera info` and exports).
+- `DownstreamResult`: a downstream run's `results.json` (written by the runner, read by
+  `tera study`). Keys this record does not name are kept as they are, in `extra`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tera.errors import UserError
+from tera.runs.files import write_json
+
+
+@dataclass
+class TrainingState:
+    """Where a pre-training stands: enough to resume it exactly, and its summary."""
+
+    update: int = 0
+    epoch: int = 0  # 0-based epoch of the sampler
+    position: int = 0  # batches of this epoch already consumed (per rank)
+    best_valid_loss: float = math.inf
+    wall_time_s: float = 0.0
+    audio_seconds: float = 0.0
+    train_flops: float = 0.0
+    world_size: int = 1
+    preset: str | None = None
+    scaler: dict = field(default_factory=dict)  # the GradScaler's state
+    target_stats: dict | None = None  # criterion.target_norm "dataset": {"mean", "std"}
+    extra: dict = field(default_factory=dict)  # keys written by other versions, kept
+
+    def to_dict(self) -> dict:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name != "extra"}
+        return {**self.extra, **state}
+
+    @classmethod
+    def from_dict(cls, state: Any, source: str | Path = "checkpoint") -> TrainingState:
+        if not isinstance(state, dict):
+            raise UserError(f"{source}: extra_state['tera'] should be a mapping, found "
+                            f"{type(state).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        missing = sorted({"update", "epoch", "position"} - set(state))
+        if missing:
+            raise UserError(f"{source}: the training state lacks {', '.join(missing)}")
+        try:
+            return cls(
+                update=int(state["update"]), epoch=int(state["epoch"]),
+                position=int(state["position"]),
+                best_valid_loss=float(state.get("best_valid_loss", math.inf)),
+                wall_time_s=float(state.get("wall_time_s", 0.0)),
+                audio_seconds=float(state.get("audio_seconds", 0.0)),
+                train_flops=float(state.get("train_flops", 0.0)),
+                world_size=int(state.get("world_size", 1)),
+                preset=state.get("preset"), scaler=dict(state.get("scaler") or {}),
+                target_stats=state.get("target_stats"),
+                extra={k: v for k, v in state.items() if k not in names})
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{source}: malformed training state ({err})") from err
+
+
+RESULTS = "results.json"
+
+
+@dataclass
+class DownstreamResult:
+    """`results.json` of a downstream run (README lists the keys). `value` is a fraction."""
+
+    task: str
+    metric: str  # wer / per / accuracy / eer
+    value: float
+    split: str
+    checkpoint: str
+    upstream: str
+    upstream_ckpt: str | None
+    layer_weights: list[float]
+    step: int
+    wall_time_s: float
+    dev_best: float | None = None
+    cache: dict | None = None
+    dev_eer: float | None = None  # ASV
+    best_test_eer_over_checkpoints: dict | None = None  # ASV, s3prl's protocol
+    extra: dict = field(default_factory=dict)  # other keys (intervals, ...), kept as they are
+
+    _OPTIONAL = ("dev_eer", "best_test_eer_over_checkpoints")
+
+    def to_dict(self) -> dict:
+        result = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or (f.name in self._OPTIONAL and value is None):
+                continue
+            result[f.name] = value
+        return {**result, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path = RESULTS) -> DownstreamResult:
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a JSON object")
+        fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise UserError(f"{source}: a downstream result lacks {', '.join(missing)}")
+        names = {f.name for f in fields}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   extra={k: v for k, v in data.items() if k not in names})
+
+
+def write_result(expdir: str | Path, result: DownstreamResult) -> Path:
+    path = Path(expdir) / RESULTS
+    write_json(path, result.to_dict())
+    return path
+
+
+def read_result(expdir: str | Path) -> DownstreamResult:
+    path = Path(expdir) / RESULTS
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (has the run finished?)") from None
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+    return DownstreamResult.from_dict(data, path)
