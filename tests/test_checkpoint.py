@@ -437,3 +437,23 @@ def test_exports_are_readable_like_ordinary_files(tmp_path):
         os.umask(umask)
     for path in (tmp_path / "s.pt", *sorted((tmp_path / "st").iterdir())):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    """Permission denied (simulated: the tests may run as root, who reads anything)."""
+    import builtins
+
+    from tera.cli import main
+
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file).endswith("locked.pt"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    (tmp_path / "locked.pt").write_bytes(S3PRL.read_bytes())
+    monkeypatch.setattr(builtins, "open", denied)
+    assert main(["info", str(tmp_path / "locked.pt")]) == 2
+    assert capsys.readouterr().err == (f"tera info: error: {tmp_path / 'locked.pt'}: cannot "
+                                       "read: permission denied\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -361,3 +362,41 @@ def test_values_out_of_range_are_refused(manifest, tmp_path, capsys):
         run_config(manifest, tmp_path, "model.mask_prob=1.5")
     with pytest.raises(UserError, match="encoder_layers must be an integer of at least 1"):
         run_config(manifest, tmp_path, "model.encoder_layers=0")
+
+
+def test_the_forks_value_forms_are_read(manifest, tmp_path):
+    """fairseq's list lr, PyYAML's 1e-06-as-text and an unquoted conv_feature_layers."""
+    cfg = run_config(manifest, tmp_path, "optimization.lr=[0.0005]", "optimizer.adam_eps=1e-06",
+                     "model.conv_feature_layers=[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2")
+    assert cfg.optimization.lr == 0.0005 and cfg.optimizer.adam_eps == 1e-6
+    assert cfg.model.conv_feature_layers == "[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2"
+    with pytest.raises(UserError, match=r"'optimization.lr' expects a number, got \[1, 2\]"):
+        run_config(manifest, tmp_path, "optimization.lr=[1, 2]")
+    with pytest.raises(UserError) as caught:
+        run_config(manifest, tmp_path, "optimization.max_update=[1, 2")
+    assert "cannot read the value '[1, 2'" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(manifest, tmp_path, capsys,
+                                                              monkeypatch):
+    import errno
+
+    from tera.checkpoint.training import read_training_state
+    from tera.runs.files import temporary_files
+
+    assert main(pretrain_args(manifest, tmp_path, "optimization.max_update=1")) == 0
+    capsys.readouterr()
+
+    def disk_full(obj, f, **kwargs):  # half a file, then ENOSPC, as a full disk does
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    assert main(pretrain_args(manifest, tmp_path, "optimization.max_update=2")) == 2
+    lines = error_lines(capsys)  # "resuming from ...", then the error
+    assert not any("Traceback" in line for line in lines)
+    assert re.fullmatch(r"tera pretrain: error: .*checkpoint_(best|last)\.pt: cannot write: "
+                        r"no space left on device", lines[-1])
+    assert temporary_files(tmp_path) == []
+    assert read_training_state(tmp_path / "checkpoint_last.pt").update == 1

@@ -4,8 +4,9 @@ Every area of the package owns a small `add_*_commands(subparsers)` function tha
 its sub-commands and binds them to a handler; this file only assembles them, so adding a
 command never means editing another area's code.
 
-Whatever goes wrong that is the user's to fix ends as one line on stderr: a `UserError`
-(exit 2), Ctrl-C (exit 130) and SIGTERM (exit 143), at any moment, start-up included.
+Whatever goes wrong that is the user's to fix ends as one line on stderr: a `UserError` or
+a file-system error (exit 2), Ctrl-C (exit 130) and SIGTERM (exit 143), at any moment,
+start-up included.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except UserError as err:
         print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system said no where no check foresaw it
+        from tera.runs.files import describe_os_error
+
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{command}: error: {where}{describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

@@ -75,7 +75,8 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # omegaconf/yaml raise many types; all mean "bad file"
-        raise UserError(f"{path}: not a valid YAML config: {err}") from err
+        reason = " ".join(str(err).split())  # YAML's message, on one line
+        raise UserError(f"{path}: not a valid YAML config: {reason}") from err
     if not isinstance(cfg, DictConfig):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     return cfg

@@ -20,16 +20,19 @@ from typing import Any
 import torch
 
 from tera.errors import UserError
+from tera.runs.files import describe_os_error
 
 
 def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """The unpickled content of `path`; `UserError` for a file that is not a PyTorch file,
     is truncated, names a class outside the allow-list or asks for an absurd allocation."""
-    if not zipfile.is_zipfile(path):
+    try:
         with open(path, "rb") as f:
             head = f.read(2)
-        if head[:1] != b"\x80":  # neither a torch zip archive nor a legacy pickle
-            raise UserError(f"{path}: not a checkpoint (not a PyTorch file)")
+    except OSError as err:  # permission denied, a folder, ...
+        raise UserError(f"{path}: cannot read: {describe_os_error(err)}") from err
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # nor a legacy pickle
+        raise UserError(f"{path}: not a checkpoint (not a PyTorch file)")
     check_allocations(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

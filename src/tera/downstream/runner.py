@@ -94,7 +94,13 @@ def recipe_file(task: str, config: str | Path | None) -> Path:
 
 def load_recipe(task: str, config: str | Path | None, profile: str | None,
                 overrides: list[str]) -> DictConfig:
-    cfg = OmegaConf.load(recipe_file(task, config))
+    path = recipe_file(task, config)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # omegaconf / yaml raise many types; all mean "bad file"
+        raise UserError(f"{path}: not a valid recipe: {' '.join(str(err).split())}") from err
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path}: a recipe is a mapping of sections")
     profiles = cfg.pop("profiles", None) or {}
     if profile:
         if profile not in profiles:

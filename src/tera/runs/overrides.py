@@ -4,9 +4,12 @@
 
 A key must be one of `known` (an unknown key is an error listing the valid keys nearest to
 it); the value is read as YAML and must keep the type of the default it replaces (an int
-stays an int, a float accepts `1e-4`, a list stays a list, a mapping is merged). `tera
-pretrain` takes overrides as fairseq-hydra arguments, `tera downstream -o` as s3prl's one
-string (`s3prl_overrides`).
+stays an int, a list stays a list, a mapping is merged). The fairseq fork's value forms are
+read too: a float accepts `1e-06` (text to PyYAML), a number accepts a one-element list
+(`optimization.lr=[0.0005]`, fairseq's per-epoch lists), and a string key takes the text as
+written when it is not YAML (`model.conv_feature_layers=[(64,10,5)] + [(64,3,2)] * 4`).
+`tera pretrain` takes overrides as fairseq-hydra arguments, `tera downstream -o` as s3prl's
+one string (`s3prl_overrides`). Every mistake is one line.
 """
 
 from __future__ import annotations
@@ -31,8 +34,15 @@ def s3prl_overrides(text: str | None) -> list[str]:
     return [part.strip().removeprefix("config.") for part in text.split(",,") if part.strip()]
 
 
+class _Unparsed(str):
+    """Override text that is not YAML: fine for a string key, an error for any other."""
+
+    reason = ""
+
+
 def parse_override(override: str, what: str = "config") -> tuple[str, Any]:
-    """`section.key=value` -> (key, value read as YAML; "" stays "")."""
+    """`section.key=value` -> (key, value read as YAML; "" stays ""; text that is not YAML
+    comes back as `_Unparsed`, for `coerce` to accept or refuse)."""
     if "=" not in override:
         raise UserError(f"{what} override {override!r} is not of the form section.key=value")
     key, text = override.split("=", 1)
@@ -40,9 +50,8 @@ def parse_override(override: str, what: str = "config") -> tuple[str, Any]:
     try:
         value = yaml.safe_load(text) if text.strip() != "" else ""
     except yaml.YAMLError as err:
-        reason = str(err).splitlines()[0]
-        raise UserError(f"{what} override {override!r}: cannot parse the value ({reason})"
-                        ) from err
+        value = _Unparsed(text)
+        value.reason = " ".join(str(err).split())  # YAML's message, on one line
     return key, value
 
 
@@ -91,9 +100,14 @@ def coerce(key: str, value: Any, default: Any, what: str = "config") -> Any:
     """`value` as the type of `default` (None: any value), or a one-line `UserError`."""
     if OmegaConf.is_config(default):
         default = OmegaConf.to_container(default)
+    if isinstance(value, _Unparsed) and not isinstance(default, str):
+        raise UserError(f"{what} key {key!r}: cannot read the value {str(value)!r} "
+                        f"({value.reason})")
     if default is None:  # unset (`???`) or optional: any value
-        return value
+        return str(value) if isinstance(value, _Unparsed) else value
     expected = type(default)
+    if expected in (bool, int, float) and isinstance(value, list) and len(value) == 1:
+        value = value[0]  # fairseq writes per-epoch values as lists: lr: [0.0005]
     if expected is bool:
         if isinstance(value, bool):
             return value
@@ -109,6 +123,8 @@ def coerce(key: str, value: Any, default: Any, what: str = "config") -> Any:
             except ValueError:
                 pass
     elif expected is str:
+        if isinstance(value, _Unparsed):
+            return str(value)  # e.g. an unquoted conv_feature_layers
         if not isinstance(value, (dict, list)):
             return str(value)
     elif isinstance(default, (list, tuple)):
