@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,7 +117,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         try:
             # mode 0666 & ~umask: readable like any file the user writes (mkstemp's is 0600)
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            mode = stat.S_IMODE(os.stat(tmp).st_mode)
             yield tmp
+            os.chmod(tmp, mode)  # a writer may have made the file anew (safetensors: 0600)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
