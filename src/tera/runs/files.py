@@ -140,11 +140,6 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         yield f
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
 def write_text(path: str | Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
