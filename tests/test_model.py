@@ -282,7 +282,7 @@ def test_positional_conv_under_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
     for channels, kernel, groups in [(128, 64, 16), (64, 64, 16), (384, 128, 16)]:
         conv = WeightNormConv1d(channels, kernel, groups)
-        x = torch.randn(2, channels, 150)
+        x = torch.randn(2, 150, channels)  # [batch, frame, channel]
         with torch.no_grad():
             full = conv(x)
             with torch.autocast("cpu", dtype=torch.bfloat16):

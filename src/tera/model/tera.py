@@ -18,6 +18,7 @@ from torch import nn
 
 from tera.model.components import (
     ConvFeatureExtractor,
+    Dropout,
     GradMultiply,
     TransformerEncoder,
     lengths_to_padding_mask,
@@ -77,7 +78,7 @@ class TeraModel(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(feature_dim)
         self.post_extract_proj = nn.Linear(feature_dim, dim) if feature_dim != dim else None
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_input = Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         self.encoder = TransformerEncoder(
             dim=dim,
