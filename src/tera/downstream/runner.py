@@ -27,7 +27,7 @@ from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
-from tera.model.components import flush_denormals, frame_mean_std
+from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
 from tera.runs.checkpoints import downstream_states, downstream_states_name, keep_newest
 from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
@@ -139,6 +139,7 @@ class Run:
         self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
         self.device = torch.device(device)
         flush_denormals()
+        keep_freed_memory()
         self.task = TASKS[task](root, OmegaConf.to_container(cfg.downstream_expert))
         self.upstream_name, self.upstream_ckpt = upstream_name, upstream_ckpt
         self.upstream_preset = upstream_preset
