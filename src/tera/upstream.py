@@ -32,6 +32,7 @@ UPSTREAMS = ("tera2", "fbank", "mfcc")
 # s3prl's names for a TERA2 checkpoint given with -k (its tera2 hub entries; the fork's README
 # uses `tera2_local`): the same upstream as `tera2`.
 TERA2_CHECKPOINT_NAMES = ("tera2_local", "tera2_custom", "tera2_url")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def _pad(wavs: list[torch.Tensor], device: torch.device | None = None
@@ -77,6 +78,7 @@ class Upstream(nn.Module):
 
     @staticmethod
     def _result(hidden_states: list[torch.Tensor], lengths: torch.Tensor) -> dict:
+        hidden_states = [h.float() for h in hidden_states]  # bf16 computations give float32
         return {
             "hidden_states": hidden_states,
             "last_hidden_state": hidden_states[-1],
@@ -100,17 +102,26 @@ class TeraUpstream(Upstream):
     (`tera.model.long_audio`): the conv extractor in windows (exact), the encoder in chunks
     of `chunk_seconds` with `context_seconds` of context on each side (approximate). 0 turns
     this off: the whole recording at once.
+
+    precision "fp32" computes as the reference does; "bf16" runs the model under bf16
+    autocast (on a CPU with bf16 matrix units about twice as fast; hidden states within
+    about 1 % of fp32, README "Checkpoints and the upstream"), returning float32 states;
+    "auto" is bf16 on such a CPU and fp32 elsewhere.
     """
 
     name = "tera2"
 
     def __init__(self, model: TeraModel, chunk_seconds: float = 60.0,
-                 context_seconds: float = 10.0) -> None:
+                 context_seconds: float = 10.0, *, precision: str = "fp32") -> None:
         super().__init__()
         if chunk_seconds < 0 or context_seconds < 0:
             raise UserError(f"chunk length {chunk_seconds} s and context {context_seconds} s "
                             "must not be negative")
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; choose one of "
+                            f"{', '.join(PRECISIONS)}")
         self.model = model.eval()
+        self.precision = precision
         self.num_layers = model.cfg.encoder_layers + 1
         self.hidden_size = model.cfg.encoder_embed_dim
         self.min_samples = receptive_field(model.cfg.conv_layers)  # samples for one frame
@@ -120,7 +131,16 @@ class TeraUpstream(Upstream):
         self.context_frames = round(context_seconds * frames_per_second)
 
     def options(self) -> dict:
-        return {"chunk_seconds": self.chunk_seconds, "context_seconds": self.context_seconds}
+        return {"chunk_seconds": self.chunk_seconds, "context_seconds": self.context_seconds,
+                "dtype": str(self.compute_dtype())}
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the model's products run in on its current device."""
+        device = self.model.mask_emb.device
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cpu"
+                                        and cpu_has_bf16_matmul()):
+            return torch.bfloat16
+        return torch.float32
 
     def get_downsample_rate(self) -> int:
         rate = 1
@@ -135,12 +155,17 @@ class TeraUpstream(Upstream):
         if shortest < self.min_samples:
             raise UserError(f"a waveform has {shortest} samples; tera2 needs at least "
                             f"{self.min_samples} (one frame)")
-        frames = self.model.num_frames(lengths)
-        if self.chunk_frames > 0 and int(frames.max()) > self.chunk_frames:
-            return self._one_by_one(wavs)
-        # One utterance has no padding: no lengths lets the model take its unmasked paths.
-        out = self.model.extract_features(waves, lengths if len(wavs) > 1 else None)
-        return self._result(out.hidden_states, out.frame_lengths)
+        dtype = self.compute_dtype()
+        with torch.autocast(waves.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            frames = self.model.num_frames(lengths)
+            if self.chunk_frames > 0 and int(frames.max()) > self.chunk_frames:
+                result = self._one_by_one(wavs)
+            else:
+                # One utterance has no padding: no lengths lets the model take its unmasked
+                # paths.
+                out = self.model.extract_features(waves, lengths if len(wavs) > 1 else None)
+                result = self._result(out.hidden_states, out.frame_lengths)
+        return result
 
     def _one_by_one(self, wavs: list[torch.Tensor]) -> dict:
         """A batch holding a long recording: each utterance alone (the long ones through
@@ -162,6 +187,12 @@ class TeraUpstream(Upstream):
         hidden = [pad_sequence([out.hidden_states[layer][0] for out in outputs],
                                batch_first=True) for layer in range(self.num_layers)]
         return self._result(hidden, lengths)
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class FbankUpstream(Upstream):
@@ -229,22 +260,25 @@ def upstream_name(name: str, ckpt: str | Path | None) -> str:
 
 def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "slim",
                   seed: int = 0, deltas: bool = False, chunk_seconds: float = 60.0,
-                  context_seconds: float = 10.0) -> Upstream:
+                  context_seconds: float = 10.0, precision: str = "fp32") -> Upstream:
     """Build an upstream by name.
 
     "tera2": from `ckpt` in any format `tera.checkpoint.load_checkpoint` reads, or without
     one a randomly initialised model of `preset` (torch seed `seed`; logged as a warning).
     "fbank" (`deltas=True` adds Δ and ΔΔ) and "mfcc" take no checkpoint. `chunk_seconds`,
-    `context_seconds`: how "tera2" processes long recordings (see `TeraUpstream`).
+    `context_seconds`: how "tera2" processes long recordings; `precision` (tera2): "fp32",
+    "bf16" or "auto" (see `TeraUpstream`).
     """
     if name in ("tera2", "tera"):
         if ckpt is None:
             log.warning("tera2 without a checkpoint: a randomly initialised %s model "
                         "(seed %d)", preset, seed)
-            return TeraUpstream(random_tera(preset, seed), chunk_seconds, context_seconds)
+            return TeraUpstream(random_tera(preset, seed), chunk_seconds, context_seconds,
+                                precision=precision)
         from tera.checkpoint import load_checkpoint
 
-        return TeraUpstream(load_checkpoint(ckpt).model, chunk_seconds, context_seconds)
+        return TeraUpstream(load_checkpoint(ckpt).model, chunk_seconds, context_seconds,
+                            precision=precision)
     if name not in UPSTREAMS:
         raise UserError(f"unknown upstream {name!r}; choose one of {', '.join(UPSTREAMS)}")
     if ckpt is not None:
