@@ -33,7 +33,8 @@ def clip(tmp_path):
 
 def test_extract_all_layers_reproduces_the_reference(tmp_path, expected):
     out = tmp_path / "h.npz"
-    assert main(["extract", "-u", "tera2", "-k", str(FAIRSEQ), str(FLAC), "-o", str(out)]) == 0
+    assert main(["extract", "-u", "tera2", "-k", str(FAIRSEQ), "--precision", "fp32", str(FLAC),
+                 "-o", str(out)]) == 0
     arrays = np.load(out)
     assert list(arrays) == [FLAC.stem] and arrays[FLAC.stem].dtype == np.float32
     assert np.abs(arrays[FLAC.stem] - expected["hidden"]).max() < 1e-4
@@ -41,8 +42,8 @@ def test_extract_all_layers_reproduces_the_reference(tmp_path, expected):
 
 def test_extract_one_layer_from_several_files(tmp_path, clip, expected, capsys):
     out = tmp_path / "features"  # no .npz suffix: written as given
-    assert main(["extract", "-k", str(S3PRL), "--layer", "2", str(FLAC), str(clip),
-                 "-o", str(out)]) == 0
+    assert main(["extract", "-k", str(S3PRL), "--layer", "2", "--precision", "fp32", str(FLAC),
+                 str(clip), "-o", str(out)]) == 0
     arrays = np.load(out)
     assert arrays[FLAC.stem].shape == (596, 48)
     assert np.abs(arrays["clip"] - expected["hidden_4s"][2]).max() < 1e-4
@@ -51,9 +52,18 @@ def test_extract_one_layer_from_several_files(tmp_path, clip, expected, capsys):
 
 def test_extract_from_a_converted_safetensors_dir(tmp_path, clip, expected):
     assert main(["convert", str(FAIRSEQ), str(tmp_path / "st"), "--to", "safetensors"]) == 0
-    assert main(["extract", "-k", str(tmp_path / "st"), str(clip), "-o",
+    assert main(["extract", "-k", str(tmp_path / "st"), "--precision", "fp32", str(clip), "-o",
                  str(tmp_path / "o.npz")]) == 0
     assert np.abs(np.load(tmp_path / "o.npz")["clip"] - expected["hidden_4s"]).max() < 1e-4
+
+
+def test_extract_by_default_takes_the_fast_path_within_two_percent(tmp_path, clip, expected):
+    """auto: bf16 on a CPU with bf16 matmuls (fp32 elsewhere), close to the reference."""
+    assert main(["extract", "-k", str(S3PRL), str(clip), "-o", str(tmp_path / "o.npz")]) == 0
+    hidden, reference = np.load(tmp_path / "o.npz")["clip"], expected["hidden_4s"]
+    for layer in range(len(reference)):
+        error = np.abs(hidden[layer] - reference[layer]).mean()
+        assert error < 0.02 * np.abs(reference[layer]).mean(), layer
 
 
 def test_extract_baselines(tmp_path, clip, expected):

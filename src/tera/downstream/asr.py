@@ -4,6 +4,7 @@ LibriSpeech (train-clean-100 / dev-clean / test-clean, or the embedded train/dev
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tera.corpora import librispeech
@@ -21,11 +22,41 @@ class BiLstmCtcHead(nn.Module):
         self.output = nn.Linear(2 * hidden, vocab)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.project(x), lengths.cpu(),
-                                                   batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-        return self.output(out).log_softmax(-1)
+        """x `[batch, frame, dim]`, lengths `[batch]` -> log-probabilities `[batch, frame,
+        vocab]` (padding frames: don't care)."""
+        return self.output(bidirectional_lstm(self.lstm, self.project(x), lengths)
+                           ).log_softmax(-1)
+
+
+def bidirectional_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`lstm` (bidirectional, batch first) over padded `x` `[batch, frame, dim]`, each
+    utterance as if alone: what a packed sequence gives, without packing. The backward
+    direction runs forward in time over each utterance's frames reversed in place (padding
+    stays at the end), so padding never reaches a valid frame. Packed sequences take
+    PyTorch's generic CPU path, whose backward re-fills a full-size gradient buffer at every
+    time step: a 2 x 128 BiLSTM step on 6 x 3.3 s of 100 Hz features took 0.43 s; unpacked
+    runs take oneDNN's kernels, 0.07 s here."""
+    frames = torch.arange(x.size(1), device=x.device)
+    inside = frames < lengths.to(x.device)[:, None]
+    reverse = torch.where(inside, lengths.to(x.device)[:, None] - 1 - frames, frames)
+    reverse = reverse.unsqueeze(-1)
+
+    def flip(y: torch.Tensor) -> torch.Tensor:
+        return y.gather(1, reverse.expand_as(y))
+
+    zeros = x.new_zeros(1, x.size(0), lstm.hidden_size)
+    for layer in range(lstm.num_layers):
+        if layer > 0:
+            x = F.dropout(x, lstm.dropout, lstm.training)
+        directions = []
+        for suffix, inputs in (("", x), ("_reverse", flip(x))):
+            weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            out, _, _ = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0,
+                                   lstm.training, False, True)
+            directions.append(out if suffix == "" else flip(out))
+        x = torch.cat(directions, -1)
+    return x
 
 
 class AsrTask(Task):

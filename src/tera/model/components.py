@@ -399,15 +399,23 @@ class ConvFeatureExtractor(nn.Module):
                 f"expected waveforms of shape [batch, sample], got {tuple(waves.shape)}"
             )
         if self.uses_gemm(waves):
-            return self._forward_gemm(waves, lengths)
+            return self.gemm_forward(waves, lengths)
+        return self.conv1d_forward(waves, lengths)
+
+    def conv1d_forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` with `F.conv1d` in `[batch, channel, frame]`, whatever the device."""
         x = waves.unsqueeze(1)
         for block in self.conv_layers:
             x, lengths = block(x, lengths)
         return x.transpose(1, 2), lengths
 
-    def _forward_gemm(
-        self, waves: torch.Tensor, lengths: torch.Tensor | None
+    def gemm_forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` as matrix products in the slot layout (CPU; every block
+        `gemm_friendly`)."""
         batch, samples = waves.shape
         first = self.conv_layers[0]
         frames = output_frames(samples, [(0, b.kernel, b.stride) for b in self.conv_layers])
