@@ -7,33 +7,39 @@ A step is forward + MFCC targets + loss + backward on a random batch (default 4 
 training mode (masking, dropout). Inference is a no-grad forward in eval mode. The shares
 say where a training step's time goes: MFCC targets, the conv extractor (forward and
 backward, timed on its own) and the rest (projection, masking, transformer, head, loss).
+The four measurements take turns, `--repeats` rounds (medians), with the allocator setting
+of tera's commands (`keep_freed_memory`). Against the peer a user would otherwise pick:
+benchmarks/peer_step.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
 from tera.audio import tera_targets
+from tera.model.components import keep_freed_memory
 from tera.model.tera import TeraModel
 from tera.presets import load_preset, model_config
 from tera.pretrain.loss import tera_loss
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
+def timed(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds per call of each function, the functions taking turns."""
+    for fn in fns:  # warm-up
         fn()
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def measure(preset: str, dtype: str, batch: int, seconds: float, repeats: int) -> dict:
@@ -64,10 +70,8 @@ def measure(preset: str, dtype: str, batch: int, seconds: float, repeats: int) -
         with torch.no_grad(), autocast:
             model.extract_features(waves)
 
-    step = timed(train_step, repeats)
-    targets = timed(targets_only, repeats)
-    extractor = timed(extractor_step, repeats)
-    infer = timed(inference, repeats)
+    step, targets, extractor, infer = timed(
+        [train_step, targets_only, extractor_step, inference], repeats)
     audio = batch * seconds
     return {
         "preset": preset,
@@ -95,6 +99,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON line per measurement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
 
     rows = [
         measure(preset, dtype, args.batch, args.seconds, args.repeats)
@@ -118,7 +123,7 @@ def main() -> None:
             ratio = (by_key[(preset, "bf16")]["audio_seconds_per_second"]
                      / by_key[(preset, "fp32")]["audio_seconds_per_second"])
             print(f"{preset}: bf16 / fp32 training throughput = {ratio:.2f}x")
-    print("reference (seed code path, slim fp32): 8.8 audio-s/s training, RTF 0.03 inference")
+    print("against transformers' HubertModel (fp32), side by side: benchmarks/peer_step.py")
 
 
 if __name__ == "__main__":

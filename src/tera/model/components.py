@@ -483,17 +483,14 @@ class WeightNormConv1d(nn.Module):
         # On a CPU, as a 2-D conv over `[batch, channel, 1, frame]` in channels-last memory
         # (which `[batch, frame, channel]` already is): oneDNN's grouped kernels for that
         # layout took half the time of `F.conv1d`'s (slim: 0.14 s instead of 0.30 s forward
-        # and backward, 4 x 4 s) and get bf16 right, where torch 2.13's conv1d kernels fail
-        # for groups of fewer than 16 channels with a kernel that is a multiple of 8 (over
-        # 100 % error). bf16 only from 16 channels a group, where it is the faster one.
-        dtype = x.dtype
-        if torch.is_autocast_enabled("cpu"):
-            wide_groups = weight.size(1) >= 16
-            dtype = torch.get_autocast_dtype("cpu") if wide_groups else torch.float32
+        # and backward, 4 x 4 s). In float32 under autocast too: its output is added to every
+        # frame, and in bf16 it took slim's bf16 hidden states from 1.0 % to 1.5 % off fp32
+        # (torch 2.13's bf16 conv1d kernels are also wrong for groups of fewer than 16
+        # channels with a kernel that is a multiple of 8).
         with torch.autocast("cpu", enabled=False):
-            y = F.conv2d(x.to(dtype).unsqueeze(1).permute(0, 3, 1, 2),
-                         weight.to(dtype).unsqueeze(2).contiguous(memory_format=torch.channels_last),
-                         bias.to(dtype), padding=(0, self.padding), groups=self.groups)
+            y = F.conv2d(x.float().unsqueeze(1).permute(0, 3, 1, 2),
+                         weight.float().unsqueeze(2).contiguous(memory_format=torch.channels_last),
+                         bias.float(), padding=(0, self.padding), groups=self.groups)
         return y.permute(0, 2, 3, 1).squeeze(1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
