@@ -57,12 +57,13 @@ def study_config(path: str | Path | None, quick: bool) -> DictConfig:
 
 
 # Rough seconds per step of a job running beside another on a 2-core CPU (one thread each),
-# measured on the default study: only the ratios matter, the ETA rescales them by the time
-# the finished jobs really took.
-SECONDS_PER_PRETRAIN_UPDATE = 0.18  # the 100 % model; x (size / 100) ** 0.25 for the others
+# measured on the default study and scaled by the speed-ups of issue 15 (CPU time per update
+# or per job, old against new code, side by side): only the ratios matter, the ETA rescales
+# them by the time the finished jobs really took.
+SECONDS_PER_PRETRAIN_UPDATE = 0.10  # the 100 % model; x (size / 100) ** 0.3 for the others
 SECONDS_PER_DOWNSTREAM_JOB = 10.0  # process start, features, evaluation
-SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.018, "ks": 0.002, "sid": 0.009, "asr": 0.18,
-                               "asv": 0.058}
+SECONDS_PER_DOWNSTREAM_STEP = {"pr": 0.015, "ks": 0.0015, "sid": 0.007, "asr": 0.074,
+                               "asv": 0.051}
 
 
 @dataclass(eq=False)
@@ -340,7 +341,7 @@ def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, 
         return None
     if threads == 1:  # a data-loading process would take turns with the trainer on its core
         overrides.append("dataset.num_workers=0")
-    cost = max_update * SECONDS_PER_PRETRAIN_UPDATE * (run.size / 100) ** 0.25
+    cost = max_update * SECONDS_PER_PRETRAIN_UPDATE * (run.size / 100) ** 0.3
     return Job(f"pre-train {run.name}", ["pretrain", "--config-name", str(spec.pretrain.preset),
                                          *overrides],
                out / "logs" / f"pretrain_{run.save_dir.name}.log", cost, max_update)

@@ -65,9 +65,9 @@ def polynomial_lr(update: int, peak: float, warmup: int, total: int, end: float 
 def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether a loss scaler is needed).
 
-    auto: bf16 on CPU (AMX makes bf16 matmuls ~5x faster than fp32 here; measured 1.6x-2.2x
-    per training step, see benchmarks/pretrain_step.py) and on CUDA GPUs that support it,
-    else fp16 with a loss scaler.
+    auto: bf16 on CPU (bf16 matmuls run ~5x as fast as fp32 on AVX512-BF16 or AMX; measured
+    2.6x-3.5x per training step, see benchmarks/pretrain_step.py) and on CUDA GPUs that
+    support it, else fp16 with a loss scaler.
     """
     if amp == "fp32":
         return None, False
