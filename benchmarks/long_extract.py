@@ -37,8 +37,8 @@ def recording(minutes: float, folder: Path) -> Path:
 
 
 def run_extract(audio: Path, output: Path, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "tera.cli", "extract", "-u", "tera2", str(audio), "-o",
-               str(output), *extra]
+    command = [sys.executable, "-m", "tera.cli", "extract", "-u", "tera2", "--precision", "fp32",
+               str(audio), "-o", str(output), *extra]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)

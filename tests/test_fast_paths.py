@@ -131,8 +131,8 @@ def test_bf16_inference_of_slim_is_within_two_percent_of_fp32():
     wave = load_audio(FLAC)[:64000]
     model = random_tera("slim", seed=0)
     with torch.no_grad():
-        full = TeraUpstream(model, "fp32")([wave])["hidden_states"]
-        half = TeraUpstream(model, "bf16")([wave])["hidden_states"]
+        full = TeraUpstream(model, precision="fp32")([wave])["hidden_states"]
+        half = TeraUpstream(model, precision="bf16")([wave])["hidden_states"]
     for layer, (a, b) in enumerate(zip(half, full)):
         assert a.dtype == torch.float32
         assert (a - b).abs().mean() / b.abs().mean() < 0.02, layer
