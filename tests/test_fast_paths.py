@@ -178,3 +178,20 @@ def test_unpacked_bidirectional_lstm_equals_packed_sequences():
     torch.testing.assert_close(gx_u, gx_p, atol=1e-5, rtol=1e-4)
     for a, b in zip(gw_u, gw_p):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_long_recording_path_is_close_to_fp32():
+    """The chunked path of a long recording (robust's windows and chunks) under bf16 too."""
+    from tera.audio import load_audio
+
+    from .paths import COMPAT
+
+    wave = load_audio(FLAC)
+    upstreams = [load_upstream("tera2", COMPAT / "tera2_s3prl_converted.pt", chunk_seconds=5.0,
+                               context_seconds=5.0, precision=precision)
+                 for precision in ("fp32", "bf16")]
+    with torch.no_grad():
+        full, half = (upstream([wave])["hidden_states"] for upstream in upstreams)
+    for layer, (a, b) in enumerate(zip(half, full)):
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        assert (a - b).abs().mean() / b.abs().mean() < 0.02, layer

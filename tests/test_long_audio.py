@@ -86,7 +86,7 @@ def test_extract_of_a_long_file_in_chunks(tmp_path):
     expected = np.load(COMPAT / "tera2_expected_hidden.npz")["hidden"]
     out = tmp_path / "h.npz"
     assert main(["extract", "-k", str(COMPAT / "tera2_fairseq.pt"), "--chunk-seconds", "4",
-                 "--context-seconds", "4", str(FLAC), "-o", str(out)]) == 0
+                 "--context-seconds", "4", "--precision", "fp32", str(FLAC), "-o", str(out)]) == 0
     hidden = np.load(out)[FLAC.stem]
     assert hidden.shape == expected.shape
     assert np.abs(hidden[0] - expected[0]).max() < 1e-4
