@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tera.errors import Terminated, UserError, raise_terminated
 
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     command = f"tera {argv[0]}" if argv and not argv[0].startswith("-") else "tera"
     previous = _handle(signal.SIGTERM, raise_terminated)
     try:
-        parser = build_parser()
+        with _signals_held():  # a half-imported numpy or torch fails later in odd ways
+            parser = build_parser()
         args = parser.parse_args(argv)
         command = f"tera {args.command}"
         return int(args.handler(args) or 0)
@@ -60,6 +63,34 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             _handle(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them.
+
+    The parser imports torch, numpy and soundfile; an exception raised inside one of those
+    imports can be swallowed by the library's own `try` blocks or leave a module half-made
+    that fails later (seen: a run that ignored Ctrl-C, "not a readable file" for a good
+    file). Held, the signal takes effect right after the imports, as one line.
+    """
+    arrived: list[int] = []
+    held = [signal.SIGINT, signal.SIGTERM]
+    previous = {}
+    for signum in held:
+        # A signal ignored (a background job's Ctrl-C) stays ignored.
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+            previous[signum] = _handle(signum, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:
+                _handle(signum, handler)
+    if signal.SIGTERM in arrived:
+        raise_terminated(signal.SIGTERM, None)
+    if signal.SIGINT in arrived:
+        raise KeyboardInterrupt
 
 
 def _handle(signum: int, handler):  # noqa: ANN001, ANN202
