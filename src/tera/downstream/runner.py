@@ -121,6 +121,9 @@ def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bo
     """(the task's corpus folder, whether it is the embedded corpus)."""
     root = Path(data_root) if data_root else default_corpus_dir("default")
     if is_embedded_corpus(root):  # pick its part
+        from tera.corpora.synthetic import check_generator
+
+        check_generator(root)
         return root / CORPUS_PART[task], True
     if not root.exists():
         raise UserError(f"{root}: no data. Generate the embedded corpus with `tera corpus "
