@@ -52,11 +52,29 @@ def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
             assert math.isfinite(value), (upstream["name"], task)
             # error rates can pass 100 % (insertions); accuracies and EER are fractions
             assert value >= 0.0 and (task in ("pr", "asr") or value <= 1.0)
+            # every metric has a finite bootstrap interval holding it
+            bounds = upstream["intervals"][task]
+            assert math.isfinite(bounds["low"]) and math.isfinite(bounds["high"])
+            assert bounds["low"] <= value <= bounds["high"], (upstream["name"], task, bounds)
+            assert bounds["level"] == 0.95 and bounds["resamples"] >= 900
+            assert bounds["unit"] == ("speaker" if task == "asv" else "utterance")
         if upstream["kind"] == "tera2":
             assert upstream["pretrain_flops"] > 0 and upstream["pretrain_updates"] > 0
             assert all(math.isfinite(p["loss"]) for p in upstream["loss_curve"] if "loss" in p)
+    # paired tests: each pre-trained model against both baselines and the other size, on
+    # every task, each difference inside its own interval
+    tests = report["comparisons"]
+    families = {t["family"] for t in tests}
+    assert families == {"pre-trained vs random TERA", "TERA vs FBANK", "neighbouring sizes"}
+    assert len(tests) == (2 + 2 + 1) * 5
+    for test in tests:
+        assert math.isfinite(test["low"]) and math.isfinite(test["high"])
+        assert test["low"] <= test["difference"] <= test["high"], test
+        assert test["significant"] == (test["low"] > 0 or test["high"] < 0)
+        assert test["better"] in (test["a"], test["b"], None)
     markdown = (out / "report.md").read_text()
     assert "| upstream | PR PER %" in markdown and "valley_curve.png" in markdown
+    assert "## Which differences are significant" in markdown and "### TERA vs FBANK" in markdown
     # compute matching: both sizes spend about the same pre-training FLOPs (planner)
     flops = {u["size_percent"]: u["pretrain_flops"] for u in report["upstreams"]
              if u["kind"] == "tera2"}
@@ -118,7 +136,11 @@ def test_downstream_job_resumes_from_its_last_state_and_skips_a_finished_run(tmp
     job = downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks with fbank")
     assert job.args[job.args.index("-e") + 1] == str((folder / "states-10.ckpt").resolve())
     assert job.total == 40 and job.log == tmp_path / "study" / "logs" / "fbank_ks.log"
-    (folder / "results.json").write_text("{}")
+    assert job.args[job.args.index("--seed") + 1] == "1337"
+    # results without the per-item statistics the report needs: evaluated again
+    (folder / "results.json").write_text('{"split": "test"}')
+    assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is not None
+    (folder / "test_items.tsv").write_text("id\tcorrect\nu1\t1\n")
     assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is None
 
 
@@ -130,3 +152,40 @@ def test_progress_line_reads_the_last_record_of_a_log(tmp_path):
     job.log.write_text('$ tera downstream\n[asr] {"step": 50, "train_loss": 3.1}\n'
                        '[asr] {"step": 100, "train_loss": 2.8}\nnoise {not json\n')
     assert job_position(job) == "step 100/500"
+
+
+def test_seeds_repeat_the_runs_and_the_report_gives_their_spread(small_corpus, tmp_path):
+    import copy
+
+    import pytest
+
+    from tera.errors import UserError
+
+    spec = copy.deepcopy(STUDY)
+    spec["corpus"]["root"] = str(small_corpus)
+    spec["pretrain"].update(sizes={100: {}}, budget_updates=4)
+    spec["downstream"].update(tasks=["ks"], baselines=["fbank"])
+    spec["seeds"] = {"count": 1, "pretraining": True}
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "study"
+    assert main(["study", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
+    assert (out / "pretrain" / "size100_budget1_seed1" / "checkpoint_last.pt").is_file()
+    assert "common.seed=1338" in (out / "logs" / "pretrain_size100_budget1_seed1.log"
+                                  ).read_text().splitlines()[0]
+    assert "--seed 1338" in (out / "logs" / "fbank_ks_seed1.log").read_text().splitlines()[0]
+    report = json.loads((out / "report.json").read_text())
+    for upstream in report["upstreams"]:
+        values = upstream["seed_values"]["ks"]
+        assert len(values) == 2
+        assert upstream["metrics"]["ks"] == pytest.approx(sum(values) / 2)
+        assert upstream["seed_std"]["ks"] is not None and upstream["seed_std"]["ks"] >= 0
+        assert upstream["intervals"]["ks"]["low"] <= upstream["metrics"]["ks"] \
+            <= upstream["intervals"]["ks"]["high"]
+    assert " ± " in (out / "report.md").read_text()
+    # the study folder belongs to its corpus: another one is refused, not mixed in
+    (out / "corpus.json").write_text('{"preset": "small", "seed": 0, "generator": 1}')
+    with pytest.raises(UserError, match="choose another --out folder"):
+        from tera.study import run_study
+
+        run_study(config, out=out, seeds=2)
