@@ -5,7 +5,6 @@ bars), pre-training loss curves and the learned layer weights, written as `repor
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -54,7 +53,7 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
     """Write report.md, report.json and the figures into `out_dir`; returns report.md.
     `items` ({upstream: {task: [per-item statistics of each seed]}}) gives the paired
     tests."""
-    from tera.checkpoint import _write_text_atomic
+    from tera.runs.files import write_json, write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tests = comparisons(results, items or {})
@@ -71,7 +70,7 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
                "upstreams": [{**asdict(r), "seed_std": seed_spread(r)} for r in results],
                "comparisons": tests,
                "figures": {k: v.name for k, v in figures.items() if v is not None}}
-    _write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=2))
+    write_json(out_dir / "report.json", payload)
 
     lines = [f"# {title}", "", superb_table(results), ""]
     lines += [f"- {note}" for note in notes or []]
@@ -91,7 +90,7 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
         if path is not None:
             lines += ["", f"## {captions[key]}", "", f"![{captions[key]}]({path.name})"]
     report = out_dir / "report.md"
-    _write_text_atomic(report, "\n".join(lines) + "\n")
+    write_text(report, "\n".join(lines) + "\n")
     return report
 
 

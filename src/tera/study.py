@@ -247,7 +247,9 @@ def check_study_corpus(out: Path, corpus: Path) -> None:
             raise UserError(f"{out} holds a study on the embedded corpus {before}, but the "
                             f"corpus is now {made}: choose another --out folder or delete {out}")
     else:
-        record.write_text(json.dumps(made) + "\n")
+        from tera.runs.files import write_json
+
+        write_json(record, made)
 
 
 def say(started: float, text: str, eta_s: float | None = None) -> None:
