@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from benchmarks.bootstrap_coverage import speaker_trials, trial_interval
 
 from tera.downstream.bootstrap import (
     Items,
@@ -141,32 +142,6 @@ def test_accuracy_intervals_cover_the_truth_and_shrink_with_the_test_set():
     assert small["unit"] == "utterance" and small["resamples"] == 1000 and small["level"] == 0.95
 
 
-def speaker_trials(rng, speakers=40, per_speaker=6, spread=1.0, offset=None) -> Items:
-    """Trials among `speakers` speakers whose scores share a per-speaker offset (a voice the
-    model confuses raises all its trials): targets cross-utterance, non-targets at random."""
-    offset = rng.normal(0, spread, speakers) if offset is None else offset
-    rows = {k: [] for k in ("enrol", "test", "label", "score", "enrol_speaker", "test_speaker")}
-    for s in range(speakers):
-        for i in range(per_speaker):
-            for j in range(i + 1, per_speaker):
-                rows["label"].append(1)
-                rows["enrol"].append(f"s{s}/u{i}")
-                rows["test"].append(f"s{s}/u{j}")
-                rows["enrol_speaker"].append(f"s{s}")
-                rows["test_speaker"].append(f"s{s}")
-                rows["score"].append(1.5 + rng.normal() - offset[s])
-            for _ in range(6):
-                other = int(rng.integers(speakers - 1))
-                other += other >= s
-                rows["label"].append(0)
-                rows["enrol"].append(f"s{s}/u{i}")
-                rows["test"].append(f"s{other}/u{rng.integers(per_speaker)}")
-                rows["enrol_speaker"].append(f"s{s}")
-                rows["test_speaker"].append(f"s{other}")
-                rows["score"].append(rng.normal() + offset[s] / 2 + offset[other] / 2)
-    return Items("eer", rows)
-
-
 def test_trials_are_resampled_by_speaker():
     rng = np.random.default_rng(4)
     items = speaker_trials(rng, speakers=5, per_speaker=3)
@@ -179,17 +154,10 @@ def test_trials_are_resampled_by_speaker():
     # with speaker effects, resampling speakers sees a spread that independent trials hide
     items = speaker_trials(rng)
     by_speaker = interval([items])
-    by_trial = _trial_interval(items)
+    by_trial = trial_interval(items)
     assert by_speaker["low"] <= items.value() <= by_speaker["high"]
     assert by_speaker["unit"] == "speaker" and by_speaker["units"] == 40
     assert by_speaker["high"] - by_speaker["low"] > 1.3 * (by_trial[1] - by_trial[0])
-
-
-def _trial_interval(items: Items) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    n = len(items)
-    values = items.metric(rng.multinomial(n, np.full(n, 1 / n), size=1000).astype(float))
-    return tuple(np.percentile(values, [2.5, 97.5]))
 
 
 def test_paired_differences():
