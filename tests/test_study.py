@@ -189,3 +189,50 @@ def test_seeds_repeat_the_runs_and_the_report_gives_their_spread(small_corpus, t
         from tera.study import run_study
 
         run_study(config, out=out, seeds=2)
+
+
+def test_report_tests_the_pairs_and_marks_what_is_significant(tmp_path):
+    import numpy as np
+
+    from tera.downstream.bootstrap import Items, interval
+    from tera.report import UpstreamResult, comparison_pairs, significance_cell, write_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(400)
+
+    def items(skill: float, difficulty=truth) -> list[Items]:  # right where easier than skill
+        return [Items("accuracy", {"id": [f"u{i:03d}" for i in range(400)],
+                                   "correct": (difficulty < skill).astype(int)})]
+
+    skills = {("tera2", 30.0, 1.0): 0.70, ("tera2", 100.0, 1.0): 0.72,
+              ("tera2", 30.0, 0.5): 0.60, ("tera2", 100.0, 0.5): 0.71,
+              ("fbank", None, None): 0.71, ("random", None, None): 0.30}
+    results, all_items = [], {}
+    for (kind, size, budget), skill in skills.items():
+        name = f"{kind} {size} {budget}"
+        # FBANK errs on other items than the TERA models (its own difficulties)
+        runs = items(skill, rng.random(400) if kind == "fbank" else truth)
+        all_items[name] = {"ks": runs}
+        results.append(UpstreamResult(name, kind, size_percent=size, budget=budget,
+                                      metrics={"ks": runs[0].value()},
+                                      intervals={"ks": interval(runs)},
+                                      seed_values={"ks": [runs[0].value()]}))
+    families = [family for family, _, _ in comparison_pairs(results)]
+    assert families.count("pre-trained vs random TERA") == 4
+    assert families.count("TERA vs FBANK") == 4
+    assert families.count("full vs lower budget") == 2
+    assert families.count("neighbouring sizes") == 2
+    write_report(results, tmp_path, "t", [], all_items)
+    report = json.loads((tmp_path / "report.json").read_text())
+    tests = {(t["a"], t["b"]): t for t in report["comparisons"]}
+    big = tests["tera2 100.0 1.0", "random None None"]
+    assert big["significant"] and big["better"] == "tera2 100.0 1.0"
+    gain = 100 * (all_items[big["a"]]["ks"][0].value() - all_items[big["b"]]["ks"][0].value())
+    assert significance_cell(big).startswith(f"**A** by {gain:.2f} [")
+    close = tests["tera2 100.0 1.0", "fbank None None"]  # 0.72 vs ~0.71, other errors
+    assert not close["significant"] and significance_cell(close).endswith("n.s.")
+    half = tests["tera2 30.0 1.0", "tera2 30.0 0.5"]
+    assert half["significant"] and half["family"] == "full vs lower budget"
+    assert report["bootstrap"]["units"] == {"ks": "utterance"}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "### pre-trained vs random TERA" in markdown and f"**A** by {gain:.2f}" in markdown

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tera.downstream.bootstrap import LEVEL, RESAMPLES, SEED, UNITS, Items, paired_difference
+from tera.downstream.bootstrap import LEVEL, RESAMPLES, SEED, Items, paired_difference
 
 # Column order, metric key, header, whether higher is better, shown as percent.
 TASKS = (
@@ -66,7 +66,8 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
                "bootstrap": {"level": LEVEL, "resamples": RESAMPLES, "seed": SEED,
                              "method": "percentile bootstrap over the test items; paired "
                              "(the same resamples) for differences",
-                             "units": {task: UNITS[kind] for task, kind in TASK_KIND.items()}},
+                             "units": {task: bounds["unit"] for r in results
+                                       for task, bounds in r.intervals.items()}},
                "upstreams": [{**asdict(r), "seed_std": seed_spread(r)} for r in results],
                "comparisons": tests,
                "figures": {k: v.name for k, v in figures.items() if v is not None}}
@@ -92,11 +93,6 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
     report = out_dir / "report.md"
     write_text(report, "\n".join(lines) + "\n")
     return report
-
-
-# the kind of per-item statistics of each task (what its bootstrap resamples)
-TASK_KIND = {"pr": "error_rate", "ks": "accuracy", "sid": "accuracy", "asr": "error_rate",
-             "asv": "eer"}
 
 
 def seed_spread(r: UpstreamResult) -> dict[str, float | None]:
