@@ -46,7 +46,7 @@ from tera.corpora.speech_commands import WORDS
 from tera.corpora.text import sentence
 from tera.errors import UserError
 
-# 1: one fixed filter per speaker, test utterances from the training sessions (until 2025-06)
+# 1: one fixed filter per speaker, SID tested on the training sessions (up to commit e33ed24)
 # 2: channels per session, speaker traits per speaker, larger test sets, cross-session tests
 GENERATOR_VERSION = 2
 
