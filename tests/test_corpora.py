@@ -251,3 +251,15 @@ def test_corpus_check_lists_every_problem(small_corpus, tmp_path, capsys):
     assert f"{trans.name}:{n + 1}: utterance id {lines[2].split()[0]} appears twice" in out
     assert "veri_test2.txt:" in out and "got '2 id99999/x.wav'" in out
     assert "6 problem(s)" in out  # + the two audio files whose lines are gone
+
+
+def test_speakers_of_different_splits_are_different_voices(tmp_path):
+    from tera.corpora.synthetic import PRESETS, librispeech_jobs, voxceleb_jobs
+
+    for make in (librispeech_jobs, voxceleb_jobs):
+        jobs, _ = make(tmp_path, PRESETS["default"], seed=0)
+        voices = {}
+        for job in jobs:
+            voices[job.speaker.name] = job.speaker
+        traits = {(s.voice, s.pitch, s.pitch_range, s.speed, s.warp) for s in voices.values()}
+        assert len(traits) == len(voices) > 40, make.__name__

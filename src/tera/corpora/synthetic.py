@@ -230,8 +230,11 @@ class Job:
 
 
 def _speakers(prefix: str, count: int, seed: int, start: int) -> list[Speaker]:
-    return [make_speaker(f"{prefix}{start + i}", random.Random(f"{seed}/{prefix}/{i}"))
-            for i in range(count)]
+    """Speakers `prefix + number` for numbers start, start + 1, ...: each drawn from its own
+    name, so that the speakers of different splits are different voices (generator 1 drew
+    from the position in the split: a test speaker was a training speaker's twin)."""
+    names = [f"{prefix}{start + i}" for i in range(count)]
+    return [make_speaker(name, random.Random(f"{seed}/speaker/{name}")) for name in names]
 
 
 def _channel(seed: int, session: str) -> Channel:
