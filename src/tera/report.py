@@ -209,13 +209,13 @@ def significance_cell(test: dict) -> str:
     points and the gain's interval."""
     higher = next(h for task, _, h in TASKS if task == test["task"])
     sign = 1 if higher else -1  # gain of A over B = sign * (a - b)
-    gain, low, high = (sign * 100 * test[k] for k in ("difference", "low", "high"))
+    gain, low, high = (sign * 100 * test[k] + 0.0 for k in ("difference", "low", "high"))
     low, high = min(low, high), max(low, high)
     if test["better"] is None:
         return f"equal [{low:.2f}, {high:.2f}] n.s."
     winner = "A" if test["better"] == test["a"] else "B"
     if winner == "B":
-        gain, low, high = -gain, -high, -low
+        gain, low, high = -gain + 0.0, -high + 0.0, -low + 0.0  # + 0.0: no "-0.00"
     name = f"**{winner}**" if test["significant"] else winner
     return f"{name} by {gain:.2f} [{low:.2f}, {high:.2f}]" + ("" if test["significant"]
                                                               else " n.s.")
