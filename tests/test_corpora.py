@@ -113,7 +113,7 @@ def test_generation_is_deterministic_and_idempotent(small_corpus, tmp_path):
 
 
 def test_a_corpus_of_an_older_generator_is_made_again_or_refused(small_corpus, tmp_path):
-    from tera.corpora.synthetic import GENERATOR_VERSION, check_generator
+    from tera.corpora.base import GENERATOR_VERSION, check_generator
     from tera.downstream.runner import resolve_data_root
 
     old = tmp_path / "old"

@@ -20,7 +20,7 @@ utterances come from sessions that the training split never saw, and the target 
 the verification lists pair different sessions. Every random choice comes from (seed, part,
 name): the corpus is the same for a seed. `GENERATOR_VERSION` is written to summary.json; a
 cached corpus made by an older generator is made again (`synthesize`) or refused with a
-message (`check_generator`).
+message (`tera.corpora.base.check_generator`).
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ from scipy import signal
 from tqdm import tqdm
 
 from tera.audio import resample
+from tera.corpora.base import GENERATOR_VERSION, generator_of
 from tera.corpora.speech_commands import WORDS
 from tera.corpora.text import sentence
 from tera.errors import UserError
-
-# 1: one fixed filter per speaker, SID tested on the training sessions (up to commit e33ed24)
-# 2: channels per session, speaker traits per speaker, larger test sets, cross-session tests
-GENERATOR_VERSION = 2
 
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
             "klatt", "klatt2", "klatt3", "klatt4", "croak", "whisper")
@@ -457,21 +454,3 @@ def synthesize(out_dir: str | Path, preset: str = "default", seed: int = 0,
     os.replace(partial, out_dir)
     return summary
 
-
-def generator_of(summary: dict) -> int:
-    """The generator version that made a corpus (summaries before versions: 1)."""
-    return int(summary.get("generator", 1))
-
-
-def check_generator(root: Path) -> None:
-    """Refuse an embedded corpus made by another generator version: its speakers, channels
-    and test sets are not the ones this version's recipes and documentation describe."""
-    summary_path = Path(root) / "summary.json"
-    summary = json.loads(summary_path.read_text())
-    version = generator_of(summary)
-    if version != GENERATOR_VERSION:
-        raise UserError(
-            f"{root}: an embedded corpus made by corpus generator {version}; this version of "
-            f"tera-speech needs generator {GENERATOR_VERSION} (channels per session, larger "
-            f"test sets). Make it again with `tera corpus synth {root} --preset "
-            f"{summary.get('preset')} --seed {summary.get('seed')}`")

@@ -18,7 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tera.corpora import Utterance, default_corpus_dir, is_embedded_corpus
+from tera.corpora.base import (
+    Utterance,
+    check_generator,
+    default_corpus_dir,
+    is_embedded_corpus,
+)
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task
@@ -121,8 +126,6 @@ def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bo
     """(the task's corpus folder, whether it is the embedded corpus)."""
     root = Path(data_root) if data_root else default_corpus_dir("default")
     if is_embedded_corpus(root):  # pick its part
-        from tera.corpora.synthetic import check_generator
-
         check_generator(root)
         return root / CORPUS_PART[task], True
     if not root.exists():
