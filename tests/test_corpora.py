@@ -61,6 +61,33 @@ def test_small_corpus_voxceleb_part(small_corpus):
     training = {u.speaker for u in voxceleb1.load_verification_train(root)}
     assert not trial_speakers & training and not dev_speakers & training
     assert not trial_speakers & dev_speakers
+    # identification is tested on sessions (videos) that training never saw
+    session = {s: {u.id.rsplit("/", 1)[0] for u in utts} for s, utts in splits.items()}
+    assert session["test"] and not session["test"] & (session["train"] | session["dev"])
+    assert not session["dev"] & session["train"]
+    # every target trial pairs two sessions of one speaker; non-targets two speakers
+    for label, enrol, test in trials:
+        assert (enrol.speaker == test.speaker) == bool(label)
+        assert enrol.id.rsplit("/", 1)[0] != test.id.rsplit("/", 1)[0]
+
+
+def test_channels_belong_to_sessions_and_voices_to_speakers(tmp_path):
+    from tera.corpora.synthetic import PRESETS, speech_commands_jobs, voxceleb_jobs
+
+    jobs, _ = voxceleb_jobs(tmp_path, PRESETS["small"], seed=0)
+    channels, speakers = {}, {}
+    for job in jobs:
+        speaker, session = job.path.parts[-3:-1]
+        channels.setdefault((speaker, session), set()).add(job.channel)
+        speakers.setdefault(speaker, set()).add(job.speaker)
+    assert all(len(c) == 1 for c in channels.values())  # one channel per session
+    assert all(len(s) == 1 for s in speakers.values())  # one voice per speaker
+    per_speaker = {}
+    for (speaker, _), (channel,) in channels.items():
+        per_speaker.setdefault(speaker, []).append(channel)
+    assert all(len(set(c)) == len(c) > 1 for c in per_speaker.values())  # sessions differ
+    clips, _ = speech_commands_jobs(tmp_path, PRESETS["small"], seed=0)
+    assert len({job.channel for job in clips}) == len(clips)  # a recording per clip
 
 
 def test_corpus_summary_and_check(small_corpus, capsys):
@@ -85,6 +112,27 @@ def test_generation_is_deterministic_and_idempotent(small_corpus, tmp_path):
         synthesize(again, "small", seed=1, progress=False)
 
 
+def test_a_corpus_of_an_older_generator_is_made_again_or_refused(small_corpus, tmp_path):
+    from tera.corpora.base import GENERATOR_VERSION, check_generator
+    from tera.downstream.runner import resolve_data_root
+
+    old = tmp_path / "old"
+    shutil.copytree(small_corpus, old)
+    summary = json.loads((old / "summary.json").read_text())
+    assert summary["generator"] == GENERATOR_VERSION
+    del summary["generator"]  # as generator 1 wrote it
+    (old / "summary.json").write_text(json.dumps(summary))
+    (old / "voxceleb1" / "veri_test2.txt").write_text("stale\n")
+    with pytest.raises(UserError, match="corpus generator 1; .* `tera corpus synth"):
+        check_generator(old)
+    with pytest.raises(UserError, match="corpus generator 1"):
+        resolve_data_root("asv", old)
+    synthesize(old, "small", seed=0, progress=False)  # made again, not taken as it is
+    check_generator(old)
+    assert _digest(old / "voxceleb1" / "veri_test2.txt") == \
+        _digest(small_corpus / "voxceleb1" / "veri_test2.txt")
+
+
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -95,6 +143,8 @@ def test_corpus_carries_speaker_and_keyword_signal(small_corpus):
     figures = measure(small_corpus)
     assert figures["sid_accuracy"] > 1.5 * figures["sid_chance"]
     assert figures["ks_accuracy"] > 1.5 * figures["ks_chance"]
+    # the voice carries over to sessions the classifier never heard
+    assert figures["speaker_accuracy_new_sessions"] > 1.5 * figures["speaker_chance_sessions"]
 
 
 # --- hand-built trees in the real layouts -------------------------------------------------
@@ -201,3 +251,15 @@ def test_corpus_check_lists_every_problem(small_corpus, tmp_path, capsys):
     assert f"{trans.name}:{n + 1}: utterance id {lines[2].split()[0]} appears twice" in out
     assert "veri_test2.txt:" in out and "got '2 id99999/x.wav'" in out
     assert "6 problem(s)" in out  # + the two audio files whose lines are gone
+
+
+def test_speakers_of_different_splits_are_different_voices(tmp_path):
+    from tera.corpora.synthetic import PRESETS, librispeech_jobs, voxceleb_jobs
+
+    for make in (librispeech_jobs, voxceleb_jobs):
+        jobs, _ = make(tmp_path, PRESETS["default"], seed=0)
+        voices = {}
+        for job in jobs:
+            voices[job.speaker.name] = job.speaker
+        traits = {(s.voice, s.pitch, s.pitch_range, s.speed, s.warp) for s in voices.values()}
+        assert len(traits) == len(voices) > 40, make.__name__

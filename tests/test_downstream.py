@@ -10,6 +10,7 @@ import torch
 
 from tera.cli import main
 from tera.corpora import speech_commands
+from tera.downstream.bootstrap import read_items
 from tera.downstream.features import FeatureCache, batches_by_length
 from tera.downstream.metrics import (
     accuracy,
@@ -109,10 +110,23 @@ def test_task_end_to_end(small_corpus, tmp_path, task, low, high):
     assert best.is_file() and (expdir / "states-6.ckpt").is_file()
     assert (expdir / "test_predictions.txt").read_text().strip()
     assert (expdir / "config.yaml").is_file() and any((expdir / "tb").iterdir())
+    # the per-item statistics give the metric back, and its bootstrap interval holds it
+    items = read_items(expdir / "test_items.tsv")
+    assert items.value() == pytest.approx(written["value"])
+    assert read_items(best.with_name(best.stem + "_items.tsv")).value() == \
+        pytest.approx(written["dev_best"])
+    bounds = written["interval"]
+    assert bounds["low"] <= written["value"] <= bounds["high"]
+    assert bounds["unit"] == ("speaker" if task == "asv" else "utterance")
+    assert bounds["items"] == len(items) and bounds["level"] == 0.95
     if task == "asv":
         protocol = written["best_test_eer_over_checkpoints"]
         assert "selected on test" in protocol["protocol"]
         assert protocol["value"] <= max(protocol["all"].values())
+        assert protocol["interval"]["low"] <= protocol["value"] <= protocol["interval"]["high"]
+        assert written["dev_eer_interval"]["low"] <= written["dev_eer"] <= \
+            written["dev_eer_interval"]["high"]
+        assert len(items) == len((expdir / "test_predictions.txt").read_text().splitlines())
     # evaluating the kept checkpoint reproduces the number
     assert main(["downstream", "-m", "evaluate", "-e", str(best)]) == 0
     again = json.loads((expdir / "results.json").read_text())

@@ -52,11 +52,29 @@ def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
             assert math.isfinite(value), (upstream["name"], task)
             # error rates can pass 100 % (insertions); accuracies and EER are fractions
             assert value >= 0.0 and (task in ("pr", "asr") or value <= 1.0)
+            # every metric has a finite bootstrap interval holding it
+            bounds = upstream["intervals"][task]
+            assert math.isfinite(bounds["low"]) and math.isfinite(bounds["high"])
+            assert bounds["low"] <= value <= bounds["high"], (upstream["name"], task, bounds)
+            assert bounds["level"] == 0.95 and bounds["resamples"] >= 900
+            assert bounds["unit"] == ("speaker" if task == "asv" else "utterance")
         if upstream["kind"] == "tera2":
             assert upstream["pretrain_flops"] > 0 and upstream["pretrain_updates"] > 0
             assert all(math.isfinite(p["loss"]) for p in upstream["loss_curve"] if "loss" in p)
+    # paired tests: each pre-trained model against both baselines and the other size, on
+    # every task, each difference inside its own interval
+    tests = report["comparisons"]
+    families = {t["family"] for t in tests}
+    assert families == {"pre-trained vs random TERA", "TERA vs FBANK", "neighbouring sizes"}
+    assert len(tests) == (2 + 2 + 1) * 5
+    for test in tests:
+        assert math.isfinite(test["low"]) and math.isfinite(test["high"])
+        assert test["low"] <= test["difference"] <= test["high"], test
+        assert test["significant"] == (test["low"] > 0 or test["high"] < 0)
+        assert test["better"] in (test["a"], test["b"], None)
     markdown = (out / "report.md").read_text()
     assert "| upstream | PR PER %" in markdown and "valley_curve.png" in markdown
+    assert "## Which differences are significant" in markdown and "### TERA vs FBANK" in markdown
     # compute matching: both sizes spend about the same pre-training FLOPs (planner)
     flops = {u["size_percent"]: u["pretrain_flops"] for u in report["upstreams"]
              if u["kind"] == "tera2"}
@@ -118,7 +136,11 @@ def test_downstream_job_resumes_from_its_last_state_and_skips_a_finished_run(tmp
     job = downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks with fbank")
     assert job.args[job.args.index("-e") + 1] == str((folder / "states-10.ckpt").resolve())
     assert job.total == 40 and job.log == tmp_path / "study" / "logs" / "fbank_ks.log"
-    (folder / "results.json").write_text("{}")
+    assert job.args[job.args.index("--seed") + 1] == "1337"
+    # results without the per-item statistics the report needs: evaluated again
+    (folder / "results.json").write_text('{"split": "test"}')
+    assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is not None
+    (folder / "test_items.tsv").write_text("id\tcorrect\nu1\t1\n")
     assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is None
 
 
@@ -130,3 +152,87 @@ def test_progress_line_reads_the_last_record_of_a_log(tmp_path):
     job.log.write_text('$ tera downstream\n[asr] {"step": 50, "train_loss": 3.1}\n'
                        '[asr] {"step": 100, "train_loss": 2.8}\nnoise {not json\n')
     assert job_position(job) == "step 100/500"
+
+
+def test_seeds_repeat_the_runs_and_the_report_gives_their_spread(small_corpus, tmp_path):
+    import copy
+
+    import pytest
+
+    from tera.errors import UserError
+
+    spec = copy.deepcopy(STUDY)
+    spec["corpus"]["root"] = str(small_corpus)
+    spec["pretrain"].update(sizes={100: {}}, budget_updates=4)
+    spec["downstream"].update(tasks=["ks"], baselines=["fbank"])
+    spec["seeds"] = {"count": 1, "pretraining": True}
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "study"
+    assert main(["study", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 0
+    assert (out / "pretrain" / "size100_budget1_seed1" / "checkpoint_last.pt").is_file()
+    assert "common.seed=1338" in (out / "logs" / "pretrain_size100_budget1_seed1.log"
+                                  ).read_text().splitlines()[0]
+    assert "--seed 1338" in (out / "logs" / "fbank_ks_seed1.log").read_text().splitlines()[0]
+    report = json.loads((out / "report.json").read_text())
+    for upstream in report["upstreams"]:
+        values = upstream["seed_values"]["ks"]
+        assert len(values) == 2
+        assert upstream["metrics"]["ks"] == pytest.approx(sum(values) / 2)
+        assert upstream["seed_std"]["ks"] is not None and upstream["seed_std"]["ks"] >= 0
+        assert upstream["intervals"]["ks"]["low"] <= upstream["metrics"]["ks"] \
+            <= upstream["intervals"]["ks"]["high"]
+    assert " ± " in (out / "report.md").read_text()
+    # the study folder belongs to its corpus: another one is refused, not mixed in
+    (out / "corpus.json").write_text('{"preset": "small", "seed": 0, "generator": 1}')
+    with pytest.raises(UserError, match="choose another --out folder"):
+        from tera.study import run_study
+
+        run_study(config, out=out, seeds=2)
+
+
+def test_report_tests_the_pairs_and_marks_what_is_significant(tmp_path):
+    import numpy as np
+
+    from tera.downstream.bootstrap import Items, interval
+    from tera.report import UpstreamResult, comparison_pairs, significance_cell, write_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(400)
+
+    def items(skill: float, difficulty=truth) -> list[Items]:  # right where easier than skill
+        return [Items("accuracy", {"id": [f"u{i:03d}" for i in range(400)],
+                                   "correct": (difficulty < skill).astype(int)})]
+
+    skills = {("tera2", 30.0, 1.0): 0.70, ("tera2", 100.0, 1.0): 0.72,
+              ("tera2", 30.0, 0.5): 0.60, ("tera2", 100.0, 0.5): 0.71,
+              ("fbank", None, None): 0.71, ("random", None, None): 0.30}
+    results, all_items = [], {}
+    for (kind, size, budget), skill in skills.items():
+        name = f"{kind} {size} {budget}"
+        # FBANK errs on other items than the TERA models (its own difficulties)
+        runs = items(skill, rng.random(400) if kind == "fbank" else truth)
+        all_items[name] = {"ks": runs}
+        results.append(UpstreamResult(name, kind, size_percent=size, budget=budget,
+                                      metrics={"ks": runs[0].value()},
+                                      intervals={"ks": interval(runs)},
+                                      seed_values={"ks": [runs[0].value()]}))
+    families = [family for family, _, _ in comparison_pairs(results)]
+    assert families.count("pre-trained vs random TERA") == 4
+    assert families.count("TERA vs FBANK") == 4
+    assert families.count("full vs lower budget") == 2
+    assert families.count("neighbouring sizes") == 2
+    write_report(results, tmp_path, "t", [], all_items)
+    report = json.loads((tmp_path / "report.json").read_text())
+    tests = {(t["a"], t["b"]): t for t in report["comparisons"]}
+    big = tests["tera2 100.0 1.0", "random None None"]
+    assert big["significant"] and big["better"] == "tera2 100.0 1.0"
+    gain = 100 * (all_items[big["a"]]["ks"][0].value() - all_items[big["b"]]["ks"][0].value())
+    assert significance_cell(big).startswith(f"**A** by {gain:.2f} [")
+    close = tests["tera2 100.0 1.0", "fbank None None"]  # 0.72 vs ~0.71, other errors
+    assert not close["significant"] and significance_cell(close).endswith("n.s.")
+    half = tests["tera2 30.0 1.0", "tera2 30.0 0.5"]
+    assert half["significant"] and half["family"] == "full vs lower budget"
+    assert report["bootstrap"]["units"] == {"ks": "utterance"}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "### pre-trained vs random TERA" in markdown and f"**A** by {gain:.2f}" in markdown

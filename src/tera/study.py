@@ -3,8 +3,13 @@
     1. the corpus (generated if absent)
     2. pre-training of every size at every budget (max_update from the planner)
     3. the five downstream tasks for every checkpoint, FBANK and a random TERA
-    4. report.md / report.json with the SUPERB table, the valley curve, the loss curves and
-       the learned layer weights
+    4. report.md / report.json with the SUPERB table (every metric with its 95 % bootstrap
+       interval), the paired significance tests between upstreams, the valley curve, the
+       loss curves and the learned layer weights
+
+With `seeds.count` N (or `--seeds N`) every downstream run is repeated with N seeds (and,
+with `seeds.pretraining`, every pre-training and the random TERA too); a metric is then the
+mean over the seeds, reported with its spread.
 
 Steps 2 and 3 are jobs, each a `tera pretrain` or `tera downstream` command (the command
 line heads its log in `logs/`), run two at a time on a CPU. Every job leaves its output in
@@ -36,6 +41,11 @@ from tera.runs.lock import folder_lock
 from tera.runs.log import read_log
 from tera.runs.records import read_result
 
+# Seed k of a study runs its downstream jobs with `--seed 1337 + k` (1337: the runner's
+# default) and, with `seeds.pretraining`, pre-trains with `common.seed=1337 + k` and draws
+# its random TERA with torch seed k; seed 0 is what a study without seeds runs.
+FIRST_SEED = 1337
+
 
 @dataclass
 class PretrainRun:
@@ -44,6 +54,18 @@ class PretrainRun:
     budget: float
     overrides: list[str]
     save_dir: Path
+    seed: int = 0  # the study seed (index) this pre-training belongs to
+
+
+@dataclass
+class Upstream:
+    """One upstream at one study seed: a row of the report and what its jobs load."""
+
+    label: str
+    kind: str  # "tera2" | "fbank"
+    ckpt: str | None
+    seed: int = 0
+    run: PretrainRun | None = None
 
 
 def study_config(path: str | Path | None, quick: bool) -> DictConfig:
@@ -85,16 +107,28 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() else max(1, min(2, os.cpu_count() or 1))
 
 
+def study_seeds(spec: DictConfig, count: int | None = None) -> tuple[list[int], bool]:
+    """(the study seeds 0 .. N-1, whether each seed pre-trains its own models)."""
+    seeds = spec.get("seeds") or {}
+    count = int(seeds.get("count", 1)) if count is None else count
+    if count < 1:
+        raise UserError(f"seeds: {count}; a study needs at least one seed")
+    return list(range(count)), bool(seeds.get("pretraining", False))
+
+
 def run_study(config: str | Path | None = None, quick: bool = False,
-              out: str | Path | None = None, jobs: int | None = None) -> Path:
+              out: str | Path | None = None, jobs: int | None = None,
+              seeds: int | None = None) -> Path:
 
     spec = study_config(config, quick)
+    seed_list, seed_pretraining = study_seeds(spec, seeds)
     out = Path(out or ("study-quick" if quick else "study"))
     with folder_lock(out, "tera study"):  # one study per folder
-        return _run_study(spec, out, jobs)
+        return _run_study(spec, out, jobs, seed_list, seed_pretraining)
 
 
-def _run_study(spec: DictConfig, out: Path, jobs: int | None) -> Path:
+def _run_study(spec: DictConfig, out: Path, jobs: int | None, seed_list: list[int],
+               seed_pretraining: bool) -> Path:
     from tera.corpora import default_corpus_dir
     from tera.corpora.synthetic import synthesize
 
@@ -107,47 +141,115 @@ def _run_study(spec: DictConfig, out: Path, jobs: int | None) -> Path:
     say(started, f"corpus {spec.corpus.preset} in {corpus}")
     if not spec.corpus.root:
         synthesize(corpus, spec.corpus.preset, int(spec.corpus.seed))
+    check_study_corpus(out, corpus)
     manifest = out / "manifest"
     if not (manifest / "train.tsv").is_file():
         write_training_manifest(corpus, manifest)
 
-    runs = pretrain_runs(spec, out)
+    runs = [run for seed in (seed_list if seed_pretraining else [0])
+            for run in pretrain_runs(spec, out, seed)]
     todo: list[Job] = []
-    pretraining = {run.name: pretrain_job(spec, run, manifest, out, threads) for run in runs}
+    pretraining = {run.save_dir: pretrain_job(spec, run, manifest, out, threads) for run in runs}
     todo += [job for job in pretraining.values() if job is not None]
-    upstreams = [(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt")) for run in runs]
-    if "fbank" in spec.downstream.baselines:
-        upstreams.append(("fbank", "fbank", None))
-    if "random" in spec.downstream.baselines:
-        upstreams.append(("random TERA (100 %)", "tera2",
-                          str(save_random_model(spec, out / "random_init"))))
+    upstreams = study_upstreams(spec, out, runs, seed_list, seed_pretraining)
     tasks = list(spec.downstream.tasks)
-    for label, kind, ckpt in upstreams:
+    for upstream in upstreams:
         for task in tasks:
-            job = downstream_job(spec, task, kind, ckpt, corpus, expdir(out, label, task),
-                                 f"{task} with {label}")
+            job = downstream_job(spec, task, upstream.kind, upstream.ckpt, corpus,
+                                 expdir(out, upstream.label, task, upstream.seed),
+                                 f"{task} with {upstream.label}"
+                                 + (f" (seed {upstream.seed})" if upstream.seed else ""),
+                                 seed=FIRST_SEED + upstream.seed)
             if job is not None:
-                job.needs = pretraining.get(label)
+                job.needs = pretraining.get(upstream.run.save_dir) if upstream.run else None
                 todo.append(job)
     say(started, f"{len(todo)} jobs to run, {workers} at a time with {threads} thread"
         f"{'s' if threads > 1 else ''} each; logs in {out / 'logs'}")
     run_jobs(todo, workers, threads, started)
 
-    results = []
-    for label, kind, ckpt in upstreams:
-        metrics, weights = {}, {}
-        for task in tasks:
-            result = read_result(expdir(out, label, task))
-            metrics[task] = float(result.value)
-            weights[task] = list(result.layer_weights)
-        results.append(upstream_result(label, kind, ckpt, runs, metrics, weights))
-    say(started, "report")
+    say(started, "report (bootstrap intervals and paired tests)")
+    results, items = collect_results(out, upstreams, tasks)
     notes = [f"corpus: {corpus} ({spec.corpus.preset})",
              f"pre-training: preset {spec.pretrain.preset}, {spec.pretrain.budget_updates} "
              f"updates for the 100 % model at the full budget",
              "metrics in %; PER/WER/EER lower is better, accuracies higher is better; ASV "
-             "checkpoints selected on dev trials"]
-    return write_report(results, out, str(spec.title), notes)
+             "checkpoints selected on dev trials",
+             f"seeds: {len(seed_list)} (downstream --seed {FIRST_SEED}"
+             + (f"..{FIRST_SEED + len(seed_list) - 1}" if len(seed_list) > 1 else "")
+             + ("; each seed pre-trains its own models" if seed_pretraining and
+                len(seed_list) > 1 else "") + ")"]
+    return write_report(results, out, str(spec.title), notes, items)
+
+
+def study_upstreams(spec: DictConfig, out: Path, runs: list[PretrainRun], seeds: list[int],
+                    seed_pretraining: bool) -> list[Upstream]:
+    """Every upstream at every seed: the pre-trained models, FBANK, the random TERA."""
+    upstreams = []
+    for seed in seeds:
+        source = seed if seed_pretraining else 0  # whose pre-trainings this seed evaluates
+        upstreams += [Upstream(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt"),
+                               seed, run) for run in runs if run.seed == source]
+        if "fbank" in spec.downstream.baselines:
+            upstreams.append(Upstream("fbank", "fbank", None, seed))
+        if "random" in spec.downstream.baselines:
+            folder = out / ("random_init" + (f"_seed{source}" if source else ""))
+            upstreams.append(Upstream("random TERA (100 %)", "tera2",
+                                      str(save_random_model(spec, folder, source)), seed))
+    return upstreams
+
+
+def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]
+                    ) -> tuple[list[UpstreamResult], dict]:
+    """One report row per upstream label: each task's metric (the mean over the seeds), its
+    bootstrap interval and the seeds' values; and the per-item statistics of every run
+    ({label: {task: [Items of each seed]}}) for the paired tests."""
+    import numpy as np
+
+    from tera.downstream.bootstrap import interval, read_items
+
+    by_label: dict[str, list[Upstream]] = {}
+    for upstream in upstreams:
+        by_label.setdefault(upstream.label, []).append(upstream)
+    results, items = [], {}
+    for label, seeds in by_label.items():
+        metrics, weights, intervals, values = {}, {}, {}, {}
+        items[label] = {}
+        for task in tasks:
+            folders = [expdir(out, label, task, u.seed) for u in seeds]
+            records = [read_result(f) for f in folders]
+            runs = [read_items(f / f"{r.split}_items.tsv") for f, r in zip(folders, records)]
+            values[task] = [float(r.value) for r in records]
+            metrics[task] = float(np.mean(values[task]))
+            weights[task] = np.mean([r.layer_weights for r in records], axis=0).tolist()
+            intervals[task] = interval(runs)
+            items[label][task] = runs
+        first = seeds[0]
+        result = upstream_result(label, first.kind, first.ckpt, first.run, metrics, weights)
+        result.intervals, result.seed_values = intervals, values
+        results.append(result)
+    return results, items
+
+
+def check_study_corpus(out: Path, corpus: Path) -> None:
+    """A study folder holds the results of one corpus: refuse to mix in another (e.g. the
+    embedded corpus made again by a newer generator)."""
+    from tera.corpora.base import generator_of, is_embedded_corpus
+
+    if not is_embedded_corpus(corpus):
+        return
+    summary = json.loads((corpus / "summary.json").read_text())
+    made = {key: summary.get(key) for key in ("preset", "seed")}
+    made["generator"] = generator_of(summary)
+    record = out / "corpus.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != made:
+            raise UserError(f"{out} holds a study on the embedded corpus {before}, but the "
+                            f"corpus is now {made}: choose another --out folder or delete {out}")
+    else:
+        from tera.runs.files import write_json
+
+        write_json(record, made)
 
 
 def say(started: float, text: str, eta_s: float | None = None) -> None:
@@ -293,14 +395,18 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
-def pretrain_runs(spec: DictConfig, out: Path) -> list[PretrainRun]:
+def pretrain_runs(spec: DictConfig, out: Path, seed: int = 0) -> list[PretrainRun]:
     runs = []
+    suffix = f"_seed{seed}" if seed else ""
     for budget in spec.pretrain.budgets:
         for size, extra in spec.pretrain.sizes.items():
             name = f"tera2 {size}% @ {float(budget):g}x"
             overrides = [*spec.pretrain.overrides, *[f"{k}={v}" for k, v in extra.items()]]
+            if seed:
+                overrides.append(f"common.seed={FIRST_SEED + seed}")
             runs.append(PretrainRun(name, float(size), float(budget), overrides,
-                                    out / "pretrain" / f"size{size}_budget{float(budget):g}"))
+                                    out / "pretrain" / f"size{size}_budget{float(budget):g}"
+                                    f"{suffix}", seed))
     return runs
 
 
@@ -347,8 +453,9 @@ def pretrain_job(spec: DictConfig, run: PretrainRun, manifest: Path, out: Path, 
                out / "logs" / f"pretrain_{run.save_dir.name}.log", cost, max_update)
 
 
-def save_random_model(spec: DictConfig, path: Path) -> Path:
-    """A randomly initialised TERA of the 100 % size, saved so the runner can load it."""
+def save_random_model(spec: DictConfig, path: Path, seed: int = 0) -> Path:
+    """A randomly initialised TERA of the 100 % size (torch seed `seed`), saved so the
+    runner can load it."""
     from tera.checkpoint import LoadedCheckpoint, save_checkpoint
     from tera.presets import load_preset, model_config
     from tera.pretrain.config import apply_override
@@ -362,24 +469,24 @@ def save_random_model(spec: DictConfig, path: Path) -> Path:
     for key, value in (spec.pretrain.sizes.get(100) or spec.pretrain.sizes.get("100") or {}
                        ).items():
         apply_override(cfg, f"{key}={value}")
-    model = random_tera(model_config(cfg), seed=0)
+    model = random_tera(model_config(cfg), seed=seed)
     save_checkpoint(LoadedCheckpoint(model, model.cfg, {}, None, "tera", path,
                                      {"preset": "random init (100 %)"}), path, "safetensors")
     return path
 
 
-def expdir(out: Path, label: str, task: str) -> Path:
-    return out / "downstream" / f"{_slug(label)}_{task}"
+def expdir(out: Path, label: str, task: str, seed: int = 0) -> Path:
+    return out / "downstream" / (f"{_slug(label)}_{task}" + (f"_seed{seed}" if seed else ""))
 
 
 def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, corpus: Path,
-                   folder: Path, name: str) -> Job | None:
+                   folder: Path, name: str, seed: int = FIRST_SEED) -> Job | None:
     """The `tera downstream` job of one task and upstream (resuming from its last saved
-    state, if any), or None when its results are in."""
-    if (folder / "results.json").is_file():
+    state, if any), or None when its results and per-item statistics are in."""
+    if _finished(folder):
         return None
     args = ["downstream", "-m", "train", "-d", task, "-u", kind, "-p", str(folder.resolve()),
-            "--data-root", str(corpus.resolve())]
+            "--data-root", str(corpus.resolve()), "--seed", str(seed)]
     if ckpt is not None:
         args += ["-k", str(Path(ckpt).resolve())]
     overrides = list(spec.downstream.overrides.get(task, []))
@@ -391,6 +498,16 @@ def downstream_job(spec: DictConfig, task: str, kind: str, ckpt: str | None, cor
     steps = int(downstream_recipe(spec, task).runner.total_steps)
     return Job(name, args, folder.parent.parent / "logs" / f"{folder.name}.log",
                downstream_cost(task, steps), steps)
+
+
+def _finished(folder: Path) -> bool:
+    """Whether a downstream run left its results and the per-item statistics of its test
+    split (what the report's intervals need)."""
+    try:
+        split = json.loads((folder / "results.json").read_text())["split"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (folder / f"{split}_items.tsv").is_file()
 
 
 def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
@@ -407,7 +524,7 @@ def downstream_cost(task: str, steps: int) -> float:
     return SECONDS_PER_DOWNSTREAM_JOB + SECONDS_PER_DOWNSTREAM_STEP.get(task, 0.05) * steps
 
 
-def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[PretrainRun],
+def upstream_result(label: str, kind: str, ckpt: str | None, run: PretrainRun | None,
                     metrics: dict, weights: dict) -> UpstreamResult:
     from tera.checkpoint import load_checkpoint
     from tera.presets import count_parameters
@@ -418,7 +535,6 @@ def upstream_result(label: str, kind: str, ckpt: str | None, runs: list[Pretrain
     if kind == "tera2" and ckpt:
         loaded = load_checkpoint(ckpt)
         result.parameters = count_parameters(loaded.model_cfg)
-    run = next((r for r in runs if r.name == label), None)
     if run is not None:
         state = read_training_state(run.save_dir / "checkpoint_last.pt")
         result.size_percent, result.budget = run.size, run.budget

@@ -13,13 +13,16 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="study folder (default: ./study or ./study-quick)")
     p.add_argument("--jobs", type=int, help="jobs run at once, the CPU's cores shared among "
                    "them (default: 2 on a CPU, 1 with a GPU)")
+    p.add_argument("--seeds", type=int, help="repeat every downstream run with this many seeds "
+                   "(default: the study file's seeds.count; seeds.pretraining: true in the "
+                   "file repeats the pre-trainings too)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tera.study import run_study
 
-    report = run_study(args.config, args.quick, args.out, args.jobs)
+    report = run_study(args.config, args.quick, args.out, args.jobs, args.seeds)
     print(report.read_text())
     print(f"report: {report} (figures beside it)")
     return 0

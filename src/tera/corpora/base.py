@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,3 +60,27 @@ def is_embedded_corpus(root: Path) -> bool:
     """Whether `root` holds a generated embedded corpus (`tera corpus synth` writes its
     summary last)."""
     return (root / "summary.json").is_file()
+
+
+# The embedded corpus generator (`tera.corpora.synthetic`) writes its version to summary.json.
+# 1: one fixed filter per speaker, SID tested on the training sessions (up to commit e33ed24)
+# 2: channels per session, speaker traits per speaker, larger test sets, cross-session tests
+GENERATOR_VERSION = 2
+
+
+def generator_of(summary: dict) -> int:
+    """The generator version that made a corpus (summaries before versions: 1)."""
+    return int(summary.get("generator", 1))
+
+
+def check_generator(root: Path) -> None:
+    """Refuse an embedded corpus made by another generator version: its speakers, channels
+    and test sets are not the ones this version's recipes and documentation describe."""
+    summary = json.loads((Path(root) / "summary.json").read_text())
+    version = generator_of(summary)
+    if version != GENERATOR_VERSION:
+        raise UserError(
+            f"{root}: an embedded corpus made by corpus generator {version}; this version of "
+            f"tera-speech needs generator {GENERATOR_VERSION} (channels per session, larger "
+            f"test sets). Make it again with `tera corpus synth {root} --preset "
+            f"{summary.get('preset')} --seed {summary.get('seed')}`")

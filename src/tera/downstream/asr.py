@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tera.corpora import librispeech
-from tera.downstream.base import Task, ctc_loss, greedy_ctc
-from tera.downstream.metrics import word_error_rate
+from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
+from tera.downstream.bootstrap import Items
+from tera.downstream.metrics import word_errors
 
 
 class BiLstmCtcHead(nn.Module):
@@ -83,6 +84,9 @@ class AsrTask(Task):
         return [" ".join("".join(self.labels[t] for t in seq).split()) for seq in decoded]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
-        references = [u.text for u in utts]
         lines = [f"{u.id}\tREF: {u.text}\tHYP: {h}" for u, h in zip(utts, predictions)]
-        return word_error_rate(references, predictions), lines
+        items = Items("error_rate", {
+            "id": [u.id for u in utts],
+            "errors": [word_errors(u.text, h) for u, h in zip(utts, predictions, strict=True)],
+            "length": [len(u.text.split()) for u in utts]})
+        return Scored(items.value(), lines, items)

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from tera.corpora import Utterance, voxceleb1
-from tera.downstream.base import Task
-from tera.downstream.metrics import equal_error_rate
+from tera.downstream.base import Scored, Task
+from tera.downstream.bootstrap import Items
 
 
 class XVector(nn.Module):
@@ -96,10 +96,13 @@ class AsvTask(Task):
 
     def score(self, utts, predictions, split):
         embedding = {u.id: e for u, e in zip(utts, predictions)}
-        labels, scores, lines = [], [], []
-        for label, enrol, test in self.trials[split]:
-            score = float(embedding[enrol.id] @ embedding[test.id])
-            labels.append(label)
-            scores.append(score)
-            lines.append(f"{score:.6f}\t{label}\t{enrol.id}\t{test.id}")
-        return equal_error_rate(labels, scores), lines
+        trials = self.trials[split]
+        scores = [float(embedding[enrol.id] @ embedding[test.id]) for _, enrol, test in trials]
+        lines = [f"{score:.6f}\t{label}\t{enrol.id}\t{test.id}"
+                 for score, (label, enrol, test) in zip(scores, trials)]
+        items = Items("eer", {
+            "enrol": [e.id for _, e, _ in trials], "test": [t.id for _, _, t in trials],
+            "label": [label for label, _, _ in trials], "score": scores,
+            "enrol_speaker": [e.speaker for _, e, _ in trials],
+            "test_speaker": [t.speaker for _, _, t in trials]})
+        return Scored(items.value(), lines, items)

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from tera.corpora import Utterance
+from tera.downstream.bootstrap import Items
 
 # forward(utterances) -> (features [B, T, D] after the featurizer, lengths [B])
 Forward = Callable[[list[Utterance]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Scored(NamedTuple):
+    """A split scored: the metric, the lines of `<split>_predictions.txt` and the per-item
+    statistics (`<split>_items.tsv`, what the bootstrap resamples)."""
+
+    value: float
+    lines: list[str]
+    items: Items
 
 
 class Task:
@@ -54,13 +65,11 @@ class Task:
     def predict(self, head: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> list:
         raise NotImplementedError
 
-    def score(self, utts: list[Utterance], predictions: list, split: str
-              ) -> tuple[float, list[str]]:
-        """(metric value, prediction-file lines)."""
+    def score(self, utts: list[Utterance], predictions: list, split: str) -> Scored:
         raise NotImplementedError
 
     def evaluate(self, head: nn.Module, forward: Forward, batches: Iterator[list[Utterance]],
-                 split: str) -> tuple[float, list[str]]:
+                 split: str) -> Scored:
         utts, predictions = [], []
         for batch in batches:
             x, lengths = forward(batch)

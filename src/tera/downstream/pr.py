@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from tera.corpora import librispeech
-from tera.downstream.base import Task, ctc_loss, greedy_ctc
-from tera.downstream.metrics import phone_error_rate
+from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
+from tera.downstream.bootstrap import Items
+from tera.downstream.metrics import phone_errors
 
 
 class LinearCtcHead(nn.Module):
@@ -39,7 +40,11 @@ class PrTask(Task):
         return [[self.labels[t] for t in seq] for seq in greedy_ctc(head(x, lengths), lengths)]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
-        references = [list(u.phones) for u in utts]
         lines = [f"{u.id}\tREF: {' '.join(u.phones)}\tHYP: {' '.join(h)}"
                  for u, h in zip(utts, predictions)]
-        return phone_error_rate(references, predictions), lines
+        items = Items("error_rate", {
+            "id": [u.id for u in utts],
+            "errors": [phone_errors(list(u.phones), h)
+                       for u, h in zip(utts, predictions, strict=True)],
+            "length": [len(u.phones) for u in utts]})
+        return Scored(items.value(), lines, items)

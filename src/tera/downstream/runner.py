@@ -18,10 +18,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tera.corpora import Utterance, default_corpus_dir, is_embedded_corpus
+from tera.corpora.base import (
+    Utterance,
+    check_generator,
+    default_corpus_dir,
+    is_embedded_corpus,
+)
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
-from tera.downstream.base import Task
+from tera.downstream.base import Scored, Task
+from tera.downstream.bootstrap import interval, read_items, write_items
 from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
@@ -120,6 +126,7 @@ def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bo
     """(the task's corpus folder, whether it is the embedded corpus)."""
     root = Path(data_root) if data_root else default_corpus_dir("default")
     if is_embedded_corpus(root):  # pick its part
+        check_generator(root)
         return root / CORPUS_PART[task], True
     if not root.exists():
         raise UserError(f"{root}: no data. Generate the embedded corpus with `tera corpus "
@@ -206,16 +213,16 @@ class Run:
 
     # --- training and evaluation ----------------------------------------------------------
 
-    def evaluate(self, split: str) -> tuple[float, list[str]]:
+    def evaluate(self, split: str) -> Scored:
         self.head.eval()
         self.featurizer.eval()
         utts = self.task.examples(split)
         with torch.no_grad():
-            value, lines = self.task.evaluate(self.head, self.features,
-                                              iter(self.batches(utts, shuffle=False)), split)
+            scored = self.task.evaluate(self.head, self.features,
+                                        iter(self.batches(utts, shuffle=False)), split)
         self.head.train()
         self.featurizer.train()
-        return value, lines
+        return scored
 
     def is_better(self, value: float) -> bool:
         if self.best is None:
@@ -270,12 +277,17 @@ class Run:
         return self.batches(train, shuffle=True, epoch=epoch)
 
     def _validate(self, log) -> None:
-        value, _ = self.evaluate(self.task.dev_split)
+        value, _, items = self.evaluate(self.task.dev_split)
         improved = self.is_better(value)
         if improved:
             self.best = value
             self.save(self.expdir / self.task.best_name)
+            write_items(self.best_items_path(), items)
         log({"step": self.step, f"dev_{self.task.metric}": value, "best": self.best})
+
+    def best_items_path(self) -> Path:
+        """The dev items scored by the best dev checkpoint (`dev-best_items.tsv`)."""
+        return self.expdir / f"{Path(self.task.best_name).stem}_items.tsv"
 
 
 def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
@@ -369,16 +381,19 @@ def _run(task: str, mode: str, cfg: DictConfig, root: Path, upstream: str,
         raise UserError(f"unknown mode {mode!r}; expected train or evaluate")
 
     split = test_split or job.task.test_split
-    value, lines = job.evaluate(split)
+    value, lines, items = job.evaluate(split)
     write_text(expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
+    write_items(expdir / f"{split}_items.tsv", items)
     result = DownstreamResult(
         task=job.task.name, metric=job.task.metric, value=value, split=split,
         checkpoint=str(checkpoint), upstream=upstream, upstream_ckpt=upstream_ckpt,
         layer_weights=job.featurizer.layer_weights.tolist(), step=job.step, wall_time_s=0.0,
         dev_best=job.best,
         cache={"enabled": cache, "hits": job.cache.hits, "misses": job.cache.misses})
+    result.extra["interval"] = interval([items])  # 95 % bootstrap interval of `value`
     if job.task.name == "asv" and mode == "train":
         result.dev_eer = job.best
+        result.extra["dev_eer_interval"] = interval([read_items(job.best_items_path())])
         result.best_test_eer_over_checkpoints = _s3prl_protocol(job, split)
     return result
 
@@ -386,10 +401,12 @@ def _run(task: str, mode: str, cfg: DictConfig, root: Path, upstream: str,
 def _s3prl_protocol(job: Run, split: str) -> dict:
     """s3prl reports the best test EER over every saved checkpoint (selection on test):
     given for comparison only, labelled as such."""
-    scores = {}
+    scored = {}
     for path in downstream_states(job.expdir):
         job.load(path)
-        scores[path.name] = job.evaluate(split)[0]
+        scored[path.name] = job.evaluate(split)
+    scores = {name: s.value for name, s in scored.items()}
     best = min(scores, key=scores.get)
     return {"protocol": "s3prl: min test EER over saved checkpoints (selected on test)",
-            "value": scores[best], "checkpoint": best, "all": scores}
+            "value": scores[best], "checkpoint": best, "all": scores,
+            "interval": interval([scored[best].items])}

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from tera.corpora import voxceleb1
-from tera.downstream.base import Task, masked_mean
-from tera.downstream.metrics import accuracy
+from tera.downstream.base import Scored, Task, masked_mean
+from tera.downstream.bootstrap import Items
 
 
 class PooledLinearHead(nn.Module):
@@ -40,4 +40,7 @@ class SidTask(Task):
 
     def score(self, utts, predictions, split):  # noqa: ARG002
         lines = [f"{u.id}\t{u.label}\t{p}" for u, p in zip(utts, predictions)]
-        return accuracy([u.label for u in utts], predictions), lines
+        items = Items("accuracy", {"id": [u.id for u in utts],
+                                   "correct": [int(u.label == p) for u, p in
+                                               zip(utts, predictions, strict=True)]})
+        return Scored(items.value(), lines, items)

@@ -1,0 +1,183 @@
+"""The EER against s3prl's formula, and the bootstrap intervals and paired tests."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from benchmarks.bootstrap_coverage import speaker_trials, trial_interval
+
+from tera.downstream.bootstrap import (
+    Items,
+    draw_units,
+    interval,
+    paired_difference,
+    read_items,
+    write_items,
+)
+from tera.downstream.metrics import equal_error_rate, phone_error_rate, word_error_rate
+from tera.errors import UserError
+
+
+def s3prl_eer(labels, scores) -> float:
+    """s3prl's `sv_voxceleb1/utils.py` EER, written out here as the independent reference."""
+    from scipy.interpolate import interp1d
+    from scipy.optimize import brentq
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, pos_label=1)
+    with warnings.catch_warnings():  # interp1d divides by zero on vertical ROC steps
+        warnings.simplefilter("ignore")
+        return brentq(lambda x: 1.0 - x - interp1d(fpr, tpr)(x), 0.0, 1.0)
+
+
+def random_trials(rng, n):
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [0, 1]
+    scores = rng.normal(size=n) + rng.uniform(0, 3) * labels
+    if rng.random() < 0.5:  # coarse scores: many ties, within and across the classes
+        scores = np.round(scores * rng.integers(1, 4))
+    return labels, scores
+
+
+def test_equal_error_rate_agrees_with_s3prl_on_random_trial_sets():
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(500):
+        labels, scores = random_trials(rng, int(rng.integers(2, 400)))
+        worst = max(worst, abs(equal_error_rate(labels, scores) - s3prl_eer(labels, scores)))
+    assert worst < 1e-6
+
+
+@pytest.mark.parametrize("labels, scores, eer", [
+    ([0, 0, 1, 1], [0.3, 0.0, 0.1, 0.2], 0.5),  # the old function extrapolated to 1.0 here
+    ([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.7, 0.2, 0.1], 1 / 3),
+    ([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1], 0.0),  # separated
+    ([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9], 1.0),  # inverted
+    ([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5], 0.5),  # all tied: the diagonal
+    ([1, 0], [0.2, 0.7], 1.0),
+    ([1, 1, 0, 0, 0, 0], [0.9, 0.4, 0.4, 0.4, 0.1, 0.0], 0.25),  # a tie across the classes
+])
+def test_equal_error_rate_edge_cases(labels, scores, eer):
+    assert equal_error_rate(labels, scores) == pytest.approx(eer, abs=1e-12)
+    assert s3prl_eer(labels, scores) == pytest.approx(eer, abs=1e-9)
+
+
+def test_equal_error_rate_refuses_what_has_no_eer():
+    with pytest.raises(ValueError, match="both target and non-target"):
+        equal_error_rate([1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        equal_error_rate([1, 0], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="0 .non-target. or 1"):
+        equal_error_rate([1, 2], [0.1, 0.2])
+
+
+def test_weights_count_a_trial_that_many_times():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        labels, scores = random_trials(rng, 60)
+        weights = rng.integers(0, 4, len(labels))
+        weights[:2] = 1
+        repeated = np.repeat(np.arange(len(labels)), weights)
+        assert equal_error_rate(labels, scores, weights) == pytest.approx(
+            s3prl_eer(labels[repeated], scores[repeated]), abs=1e-9)
+
+
+# --- per-item statistics ---------------------------------------------------------------------
+
+
+def test_items_give_the_metrics_of_the_whole_set(tmp_path):
+    references, hypotheses = ["a b c", "d e", "f"], ["a x c", "d e e", ""]
+    from tera.downstream.metrics import word_errors
+
+    words = Items("error_rate", {"id": ["u1", "u2", "u3"],
+                                 "errors": [word_errors(r, h) for r, h in
+                                            zip(references, hypotheses)],
+                                 "length": [3, 2, 1]})
+    assert words.value() == pytest.approx(word_error_rate(references, hypotheses)) == 0.5
+    phones = Items("error_rate", {"id": ["a", "b"], "errors": [2, 0], "length": [4, 4]})
+    assert phones.value() == phone_error_rate([list("abcd"), list("abcd")],
+                                              [list("ab"), list("abcd")]) == 0.25
+    labels, scores = random_trials(np.random.default_rng(2), 40)
+    trials = Items("eer", {"enrol": [f"e{i}" for i in range(40)],
+                           "test": [f"t{i}" for i in range(40)], "label": labels,
+                           "score": scores, "enrol_speaker": ["s1"] * 40,
+                           "test_speaker": ["s1" if y else "s2" for y in labels]})
+    assert trials.value() == pytest.approx(equal_error_rate(labels, scores))
+    # a file round trip keeps every row, in the same order (sorted by the row's key)
+    for items in (words, trials):
+        write_items(tmp_path / "x_items.tsv", items)
+        back = read_items(tmp_path / "x_items.tsv")
+        assert back.kind == items.kind and back.keys() == items.keys()
+        for name, column in items.columns.items():
+            assert np.array_equal(back.columns[name], column), name
+    (tmp_path / "bad.tsv").write_text("id\tsomething\nu1\t1\n")
+    with pytest.raises(UserError, match="bad.tsv: not an items file"):
+        read_items(tmp_path / "bad.tsv")
+    with pytest.raises(UserError, match="no per-item statistics"):
+        read_items(tmp_path / "missing.tsv")
+
+
+def accuracy_items(correct, prefix="u") -> Items:
+    return Items("accuracy", {"id": [f"{prefix}{i:05d}" for i in range(len(correct))],
+                              "correct": np.asarray(correct, dtype=int)})
+
+
+def test_accuracy_intervals_cover_the_truth_and_shrink_with_the_test_set():
+    # 200 test sets of 300 items from a system right 70 % of the time: a 95 % interval
+    # should hold 0.7 about 95 % of the time
+    rng = np.random.default_rng(3)
+    held = 0
+    for _ in range(200):
+        items = accuracy_items(rng.random(300) < 0.7)
+        record = interval([items], resamples=400)
+        assert record["low"] <= items.value() <= record["high"]
+        held += record["low"] <= 0.7 <= record["high"]
+    assert 0.88 <= held / 200 <= 0.99
+    small = interval([accuracy_items(rng.random(100) < 0.7)])
+    large = interval([accuracy_items(rng.random(1600) < 0.7)])
+    ratio = (small["high"] - small["low"]) / (large["high"] - large["low"])
+    assert 3.0 < ratio < 5.5  # width ~ 1 / sqrt(n): 4x
+    assert small["unit"] == "utterance" and small["resamples"] == 1000 and small["level"] == 0.95
+
+
+def test_trials_are_resampled_by_speaker():
+    rng = np.random.default_rng(4)
+    items = speaker_trials(rng, speakers=5, per_speaker=3)
+    draws = np.array([[2, 0, 1, 3, 1]])  # how many times each of the 5 speakers is drawn
+    weights = items.weights(draws)[0]
+    speaker = {f"s{i}": draws[0, i] for i in range(5)}
+    for w, a, b in zip(weights, items.columns["enrol_speaker"], items.columns["test_speaker"]):
+        assert w == (speaker[a] if a == b else speaker[a] * speaker[b])
+    assert draw_units(items, 7).shape == (7, 5) and (draw_units(items, 7).sum(1) == 5).all()
+    # with speaker effects, resampling speakers sees a spread that independent trials hide
+    items = speaker_trials(rng)
+    by_speaker = interval([items])
+    by_trial = trial_interval(items)
+    assert by_speaker["low"] <= items.value() <= by_speaker["high"]
+    assert by_speaker["unit"] == "speaker" and by_speaker["units"] == 40
+    assert by_speaker["high"] - by_speaker["low"] > 1.3 * (by_trial[1] - by_trial[0])
+
+
+def test_paired_differences():
+    rng = np.random.default_rng(5)
+    truth = rng.random(600) < 0.6
+    better = accuracy_items(truth | (rng.random(600) < 0.25))  # right wherever truth is
+    worse = accuracy_items(truth)
+    gain = paired_difference([better], [worse])
+    assert gain["difference"] == pytest.approx(better.value() - worse.value())
+    assert gain["significant"] and 0 < gain["low"] <= gain["difference"] <= gain["high"]
+    assert gain["p_value"] < 0.01
+    same = paired_difference([worse], [worse])
+    assert same["difference"] == same["low"] == same["high"] == 0.0 and not same["significant"]
+    # pairs of equally good systems (independent errors): about 5 % found different
+    found = sum(paired_difference([accuracy_items(rng.random(300) < 0.6)],
+                                  [accuracy_items(rng.random(300) < 0.6)],
+                                  resamples=400)["significant"] for _ in range(100))
+    assert found <= 12
+    # seeds: the mean of the runs, resampled together
+    seeds = paired_difference([better, worse], [worse])
+    assert seeds["difference"] == pytest.approx(gain["difference"] / 2)
+    with pytest.raises(ValueError, match="same test items"):
+        paired_difference([better], [accuracy_items(truth, prefix="v")])
