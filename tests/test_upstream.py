@@ -68,6 +68,18 @@ def test_batched_upstream_equals_each_utterance_alone(flac):
                 torch.testing.assert_close(a[i, :n], b[0], atol=2e-5, rtol=1e-4)
 
 
+def test_a_batch_of_one_length_equals_each_utterance_alone(flac):
+    """All of one length, the batch takes the unmasked paths: still each utterance's own."""
+    upstream = load_upstream("tera2", S3PRL)
+    wavs = [flac[:32000], flac[40000:72000] * 3, flac[80000:112000]]
+    with torch.no_grad():
+        out = upstream(wavs)
+        assert out["lengths"].tolist() == [99] * 3 and not out["padding_mask"].any()
+        for i, wave in enumerate(wavs):
+            for a, b in zip(out["hidden_states"], upstream([wave])["hidden_states"]):
+                torch.testing.assert_close(a[i], b[0], atol=2e-5, rtol=1e-4)
+
+
 def test_too_short_or_badly_shaped_waveforms_are_user_errors(flac):
     upstream = load_upstream("tera2", S3PRL)
     with pytest.raises(UserError, match="399 samples; tera2 needs at least 400"):
