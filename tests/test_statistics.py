@@ -181,3 +181,28 @@ def test_paired_differences():
     assert seeds["difference"] == pytest.approx(gain["difference"] / 2)
     with pytest.raises(ValueError, match="same test items"):
         paired_difference([better], [accuracy_items(truth, prefix="v")])
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    """Two training runs ten points apart: the interval of their mean holds that spread, and
+    a gain smaller than it is not called significant, however many test items there are."""
+    rng = np.random.default_rng(8)
+    truth = rng.random(2000) < 0.5
+    high = accuracy_items(truth | (rng.random(2000) < 0.2))   # about 60 %
+    low = accuracy_items(truth & (rng.random(2000) < 0.8))    # about 40 %
+    middle = accuracy_items(truth | (rng.random(2000) < 0.06))  # about 53 %
+    one_test_set = interval([middle])
+    two_seeds = interval([high, low])
+    assert two_seeds["high"] - two_seeds["low"] > 4 * (one_test_set["high"] - one_test_set["low"])
+    assert two_seeds["low"] < 0.45 and two_seeds["high"] > 0.55
+    assert np.mean([high.value(), low.value()]) == pytest.approx(
+        (two_seeds["low"] + two_seeds["high"]) / 2, abs=0.03)
+    # middle beats the mean of the two seeds by ~3 points on 2000 items: within their spread
+    assert not paired_difference([middle], [high, low])["significant"]
+    # one seed alone: the same gap is significant (one test set's interval)
+    assert paired_difference([middle], [low])["significant"]
+    # seeds that agree do not widen it
+    again = accuracy_items(truth | (rng.random(2000) < 0.06))
+    agreeing = interval([middle, again])
+    assert agreeing["high"] - agreeing["low"] < 1.5 * (one_test_set["high"] - one_test_set["low"])
+

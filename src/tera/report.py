@@ -77,8 +77,8 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
     lines += [f"- {note}" for note in notes or []]
     lines += [f"- cells: the metric [its {LEVEL:.0%} bootstrap interval over the test items: "
               f"{RESAMPLES} resamples of utterances, of speakers for ASV]"
-              + ("; mean ± standard deviation over the seeds" if _several_seeds(results)
-                 else "")]
+              + ("; mean ± standard deviation over the seeds (the interval resamples the "
+                 "seeds too)" if _several_seeds(results) else "")]
     if tests:
         lines += ["", "## Which differences are significant", "", significance_text(), ""]
         lines += significance_tables(tests)
@@ -180,9 +180,10 @@ def comparisons(results: list[UpstreamResult], items: dict[str, dict[str, list[I
 
 def significance_text() -> str:
     return (f"Paired bootstrap on the same test items ({RESAMPLES} resamples: utterances; "
-            "speakers for ASV): a cell says which upstream of the row is better, by how "
-            f"many points, with the {LEVEL:.0%} interval of that gain; **bold**: significant "
-            "(the interval excludes 0), n.s.: not significant. Each cell is one test at "
+            "speakers for ASV; and the seeds, where there are several): a cell says which "
+            f"upstream of the row is better, by how many points, with the {LEVEL:.0%} "
+            "interval of that gain; **bold**: significant (the interval excludes 0), n.s.: "
+            "not significant. Each cell is one test at "
             "5 %; among many tests a few 'significant' ones are expected by chance.")
 
 

@@ -21,7 +21,13 @@ The interval is the percentile interval of 1000 resamples (level 95 %, fixed see
 report is reproducible). Comparisons are paired: both upstreams are scored on the same
 items under the same resamples, and a difference is significant when its interval excludes
 zero. With several seeds of one upstream, its statistic is the mean over the seeds of the
-metric, each seed's items weighted by the same resample.
+metric, and a resample draws the seeds too: the same item weights for every seed, then N
+seeds with replacement from the N (a two-level bootstrap), so that the interval holds the
+spread between training runs as well as that between test sets. With two or three seeds
+that part is rough (it can only see the seeds there are), but without it two seeds that
+disagree by ten points would get the interval of a single test set. The two upstreams of a
+comparison draw their seeds independently (seed k of one is not paired with seed k of the
+other: their runs share nothing but the number).
 """
 
 from __future__ import annotations
@@ -169,15 +175,20 @@ def draw_units(items: Items, resamples: int = RESAMPLES, seed: int = SEED) -> np
                                                    size=resamples)
 
 
-def replicates(runs: list[Items], draws: np.ndarray) -> np.ndarray:
+def replicates(runs: list[Items], draws: np.ndarray, seed: int = SEED) -> np.ndarray:
     """`[resamples]`: the metric of each resample, averaged over the runs (seeds) of one
-    upstream, every run weighted by the same draw."""
+    upstream: every run weighted by the same item draw, the runs themselves drawn with
+    replacement (`seed` seeds that draw; one run: no draw)."""
     _check_same_items(runs)
-    out = np.empty(len(draws))
+    per_run = np.empty((len(runs), len(draws)))
     for start in range(0, len(draws), _CHUNK):
         rows = slice(start, start + _CHUNK)
-        out[rows] = np.mean([run.metric(run.weights(draws[rows])) for run in runs], axis=0)
-    return out
+        per_run[:, rows] = [run.metric(run.weights(draws[rows])) for run in runs]
+    if len(runs) == 1:
+        return per_run[0]
+    picked = np.random.default_rng([seed, len(runs)]).integers(0, len(runs),
+                                                               (len(draws), len(runs)))
+    return per_run[picked, np.arange(len(draws))[:, None]].mean(axis=1)
 
 
 def interval(runs: list[Items], level: float = LEVEL, resamples: int = RESAMPLES,
@@ -185,7 +196,7 @@ def interval(runs: list[Items], level: float = LEVEL, resamples: int = RESAMPLES
     """The bootstrap interval of an upstream's metric (the mean over its runs): a record for
     results.json and the report."""
     draws = draw_units(runs[0], resamples, seed)
-    values = replicates(runs, draws)
+    values = replicates(runs, draws, seed)
     low, high = _percentiles(values, level)
     return {"low": low, "high": high, "level": level, "method": "percentile bootstrap",
             "unit": runs[0].unit, "units": int(draws.shape[1]), "items": len(runs[0]),
@@ -198,7 +209,7 @@ def paired_difference(a: list[Items], b: list[Items], level: float = LEVEL,
     interval and two-sided p-value; significant when the interval excludes zero."""
     _check_same_items([*a, *b])
     draws = draw_units(a[0], resamples, seed)
-    differences = replicates(a, draws) - replicates(b, draws)
+    differences = replicates(a, draws, seed) - replicates(b, draws, seed + 1)
     finite = differences[np.isfinite(differences)]
     low, high = _percentiles(differences, level)
     value = float(np.mean([r.value() for r in a]) - np.mean([r.value() for r in b]))
