@@ -233,11 +233,11 @@ def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]
 def check_study_corpus(out: Path, corpus: Path) -> None:
     """A study folder holds the results of one corpus: refuse to mix in another (e.g. the
     embedded corpus made again by a newer generator)."""
-    from tera.corpora.base import generator_of, is_embedded_corpus
+    from tera.corpora.base import generator_of, is_embedded_corpus, read_summary
 
     if not is_embedded_corpus(corpus):
         return
-    summary = json.loads((corpus / "summary.json").read_text())
+    summary = read_summary(corpus)
     made = {key: summary.get(key) for key in ("preset", "seed")}
     made["generator"] = generator_of(summary)
     record = out / "corpus.json"

@@ -68,6 +68,11 @@ def is_embedded_corpus(root: Path) -> bool:
 GENERATOR_VERSION = 2
 
 
+def read_summary(root: str | Path) -> dict:
+    """The `summary.json` of an embedded corpus (what `tera corpus synth` made there)."""
+    return json.loads((Path(root) / "summary.json").read_text())
+
+
 def generator_of(summary: dict) -> int:
     """The generator version that made a corpus (summaries before versions: 1)."""
     return int(summary.get("generator", 1))
@@ -76,7 +81,7 @@ def generator_of(summary: dict) -> int:
 def check_generator(root: Path) -> None:
     """Refuse an embedded corpus made by another generator version: its speakers, channels
     and test sets are not the ones this version's recipes and documentation describe."""
-    summary = json.loads((Path(root) / "summary.json").read_text())
+    summary = read_summary(root)
     version = generator_of(summary)
     if version != GENERATOR_VERSION:
         raise UserError(

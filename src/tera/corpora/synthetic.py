@@ -42,7 +42,12 @@ from scipy import signal
 from tqdm import tqdm
 
 from tera.audio import resample
-from tera.corpora.base import GENERATOR_VERSION, generator_of
+from tera.corpora.base import (
+    GENERATOR_VERSION,
+    generator_of,
+    is_embedded_corpus,
+    read_summary,
+)
 from tera.corpora.speech_commands import WORDS
 from tera.corpora.text import sentence
 from tera.errors import UserError
@@ -377,9 +382,8 @@ def synthesize(out_dir: str | Path, preset: str = "default", seed: int = 0,
     if preset not in PRESETS:
         raise UserError(f"unknown corpus preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out_dir = Path(out_dir)
-    summary_path = out_dir / "summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    if is_embedded_corpus(out_dir):
+        summary = read_summary(out_dir)
         if summary.get("preset") != preset or summary.get("seed") != seed:
             raise UserError(f"{out_dir} already holds a corpus of preset "
                             f"{summary.get('preset')} seed {summary.get('seed')}; choose "
