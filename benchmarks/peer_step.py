@@ -72,6 +72,7 @@ def tera_side(cfg, waves: torch.Tensor) -> dict[str, Callable[[], object]]:  # n
         out.loss.backward()
 
     def inference() -> None:
+        model.eval()  # the step above left it in training mode (dropout on)
         with torch.no_grad():
             upstream(utterances)
 

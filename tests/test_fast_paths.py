@@ -195,3 +195,49 @@ def test_bf16_long_recording_path_is_close_to_fp32():
     for layer, (a, b) in enumerate(zip(half, full)):
         assert a.dtype == torch.float32 and a.shape == b.shape
         assert (a - b).abs().mean() / b.abs().mean() < 0.02, layer
+
+
+def test_inference_reuses_derived_weights_until_a_parameter_changes():
+    """Inference keeps bf16 weights, fused q/k/v and conv taps between calls; they must follow
+    every way a weight can change: an optimizer step, load_state_dict, a dtype round trip."""
+    torch.manual_seed(0)
+    model = random_tera("tiny", seed=0)
+    upstream = TeraUpstream(model, precision="bf16")
+    wave = [torch.randn(8000) * 0.1]
+
+    def states() -> torch.Tensor:
+        with torch.no_grad():
+            return upstream(wave)["last_hidden_state"]
+
+    def fresh() -> torch.Tensor:  # the same weights in a model that has cached nothing
+        other = random_tera("tiny", seed=1)
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return TeraUpstream(other, precision="bf16")(wave)["last_hidden_state"]
+
+    first = states()
+    assert torch.equal(states(), first)  # reused: the same numbers
+    assert torch.equal(first, fresh())
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.extract_features(torch.stack(wave))
+    out.last_hidden_state.float().pow(2).mean().backward()
+    optimizer.step()
+    model.eval()
+    stepped = states()
+    assert not torch.equal(stepped, first)
+    assert torch.equal(stepped, fresh())
+
+    model.load_state_dict(random_tera("tiny", seed=2).state_dict())
+    loaded = states()
+    assert not torch.equal(loaded, stepped)
+    assert torch.equal(loaded, fresh())
+
+    model.double()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(0.9)
+    model.float()  # new storage, version 0 again: possibly at the old address
+    assert torch.equal(states(), fresh())

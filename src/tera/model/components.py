@@ -15,13 +15,16 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tera.errors import UserError
+
+T = TypeVar("T")
 
 
 def flush_denormals() -> None:
@@ -52,6 +55,53 @@ def lengths_to_padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Ten
     """`[batch]` lengths -> `[batch, max_length]` bool mask, True on padding."""
     positions = torch.arange(max_length, device=lengths.device)
     return positions.unsqueeze(0) >= lengths.unsqueeze(1)
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes products in on this device type, or None when it is off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def reuse_while_frozen(module: nn.Module, key: object, build: Callable[[], T]) -> T:
+    """`build()`: tensors made from `module`'s parameters (a cast, fused or re-laid-out
+    weight), kept on the module while no gradient is recorded and reused until a parameter
+    changes, so that inference does not remake them at every call (slim in bf16: the casts
+    of every weight, the q/k/v concatenations, the conv taps and the positional conv's
+    weight norm were about 5 % of its time on 2 threads). A parameter has changed when its
+    version counter moved (any in-place update: an optimizer step, `load_state_dict`) or its
+    storage did (a move or a dtype conversion; the cache holds the old storage, so its
+    address cannot be given to a new one meanwhile). `key` names what is built, with
+    whatever else it depends on (the dtype). Under gradient recording: `build()` each time."""
+    if torch.is_grad_enabled():
+        return build()
+    params = list(module.parameters())
+    cache = module.__dict__.setdefault("_reused_while_frozen", {})
+    if key in cache:
+        sources, versions, value = cache[key]
+        if len(sources) == len(params) and all(
+            p.data_ptr() == s.data_ptr() and p._version == v and p.shape == s.shape
+            and p.dtype == s.dtype for p, s, v in zip(params, sources, versions)
+        ):
+            return value
+    value = build()
+    cache[key] = ([p.detach() for p in params], [p._version for p in params], value)
+    return value
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that, in inference under autocast, keeps its weight and bias in the
+    autocast dtype (`reuse_while_frozen`) instead of having autocast cast them at every call.
+    Same parameters and state-dict keys as `nn.Linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = autocast_dtype(x.device.type)
+        if torch.is_grad_enabled() or dtype is None or self.weight.dtype == dtype:
+            return super().forward(x)
+        weight, bias = reuse_while_frozen(self, dtype, lambda: (
+            self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype)))
+        return F.linear(x.to(dtype), weight, bias)
 
 
 def masked_standardize(x: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5
@@ -221,8 +271,14 @@ class ConvLayerBlock(nn.Module):
                 return F.gelu(x.view(-1, x.size(-1)))
             x = StridedConvGemm.apply(windows.reshape(-1, self.kernel),
                                       weight.view(weight.size(0), self.kernel, 1), bias, 1)
-        else:
+        elif torch.is_grad_enabled():
             x = StridedConvGemm.apply(x, weight, bias, self.stride)
+        else:  # inference: the taps kept in x's dtype between calls
+            taps = reuse_while_frozen(self.conv, ("taps", x.dtype),
+                                      lambda: conv_taps(weight.detach(), x.dtype))
+            if bias is not None:
+                bias = bias.to(x.dtype)
+            x = strided_conv_products(x, taps, bias, self.kernel, self.stride)
         if isinstance(self.norm, ChannelLayerNorm):
             norm: nn.LayerNorm = self.norm._modules["1"]  # type: ignore[assignment]
             x = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
@@ -233,6 +289,31 @@ def tap_groups(kernel: int, stride: int) -> list[tuple[int, int]]:
     """The kernel's taps in groups of `stride`: [(first tap, end tap), ...]. Group `j` meets
     the input rows `stride * (t + j) ...` of output frame `t`."""
     return [(start, min(start + stride, kernel)) for start in range(0, kernel, stride)]
+
+
+def conv_taps(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A conv weight `[C_out, C_in, kernel]` as the matrix `[C_out, kernel * C_in]` in
+    `dtype`: the columns of tap j are j * C_in ... (j + 1) * C_in - 1."""
+    c_out, c_in, kernel = weight.shape
+    return weight.permute(0, 2, 1).to(dtype).reshape(c_out, kernel * c_in)
+
+
+def strided_conv_products(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+                          kernel: int, stride: int) -> torch.Tensor:
+    """The forward of `StridedConvGemm`: x `[rows, C_in]`, taps `[C_out, kernel * C_in]`
+    (`conv_taps`) and bias in x's dtype -> `[rows / stride, C_out]`."""
+    c_in = taps.size(1) // kernel
+    rows = x.size(0) // stride
+    view = x.view(rows, stride * c_in)
+    out = None
+    for shift, (start, end) in enumerate(tap_groups(kernel, stride)):
+        inputs = view[shift:, : (end - start) * c_in]
+        weights = taps[:, start * c_in : end * c_in].t()
+        if out is None:
+            out = inputs @ weights if bias is None else torch.addmm(bias, inputs, weights)
+        else:
+            out[: rows - shift].addmm_(inputs, weights)
+    return out
 
 
 class StridedConvGemm(torch.autograd.Function):
@@ -250,20 +331,10 @@ class StridedConvGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride):  # noqa: ANN001, ANN205
-        c_out, c_in, kernel = weight.shape
-        rows = x.size(0) // stride
-        view = x.view(rows, stride * c_in)
-        # [C_out, kernel * C_in]: the columns of tap j are j * C_in ... (j + 1) * C_in - 1.
-        taps = weight.detach().permute(0, 2, 1).to(x.dtype).reshape(c_out, kernel * c_in)
-        out = None
-        for shift, (start, end) in enumerate(tap_groups(kernel, stride)):
-            inputs = view[shift:, : (end - start) * c_in]
-            weights = taps[:, start * c_in : end * c_in].t()
-            if out is None:
-                out = (inputs @ weights if bias is None
-                       else torch.addmm(bias.detach().to(x.dtype), inputs, weights))
-            else:
-                out[: rows - shift].addmm_(inputs, weights)
+        kernel = weight.size(2)
+        taps = conv_taps(weight.detach(), x.dtype)
+        out = strided_conv_products(x, taps, None if bias is None else bias.detach().to(x.dtype),
+                                    kernel, stride)
         ctx.save_for_backward(x, taps)
         ctx.stride, ctx.weight_shape, ctx.weight_dtype = stride, weight.shape, weight.dtype
         ctx.has_bias = bias is not None
@@ -475,9 +546,9 @@ class WeightNormConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x `[batch, frame, channel]` -> `[batch, frame', channel]` (frame' = frame + 1 for an
         even kernel)."""
-        weight, bias = self.weight(), self.bias
+        bias = self.bias
         if x.device.type != "cpu":
-            y = F.conv1d(x.transpose(1, 2), weight, bias, padding=self.padding,
+            y = F.conv1d(x.transpose(1, 2), self.weight(), bias, padding=self.padding,
                          groups=self.groups)
             return y.transpose(1, 2)
         # On a CPU, as a 2-D conv over `[batch, channel, 1, frame]` in channels-last memory
@@ -487,10 +558,11 @@ class WeightNormConv1d(nn.Module):
         # frame, and in bf16 it took slim's bf16 hidden states from 1.0 % to 1.5 % off fp32
         # (torch 2.13's bf16 conv1d kernels are also wrong for groups of fewer than 16
         # channels with a kernel that is a multiple of 8).
+        weight = reuse_while_frozen(self, "conv2d", lambda: self.weight().float().unsqueeze(2)
+                                    .contiguous(memory_format=torch.channels_last))
         with torch.autocast("cpu", enabled=False):
-            y = F.conv2d(x.float().unsqueeze(1).permute(0, 3, 1, 2),
-                         weight.float().unsqueeze(2).contiguous(memory_format=torch.channels_last),
-                         bias.float(), padding=(0, self.padding), groups=self.groups)
+            y = F.conv2d(x.float().unsqueeze(1).permute(0, 3, 1, 2), weight, bias.float(),
+                         padding=(0, self.padding), groups=self.groups)
         return y.permute(0, 2, 3, 1).squeeze(1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
@@ -557,16 +629,16 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """x `[batch, frame, dim]`, padding_mask `[batch, frame]` (True = pad)."""
         batch, frames, dim = x.shape
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        weight, bias = reuse_while_frozen(self, ("qkv", autocast_dtype(x.device.type)),
+                                          self._fused_projection)
         qkv = F.linear(x, weight, bias).view(batch, frames, 3, self.heads, dim // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, T, dim/H]
         attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
@@ -582,6 +654,15 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.out_proj(y.transpose(1, 2).reshape(batch, frames, dim))
 
+    def _fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The q/k/v projections as one weight and bias (in the autocast dtype when on)."""
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        dtype = autocast_dtype(weight.device.type)
+        if dtype is None or torch.is_grad_enabled():  # autocast casts it in the product
+            return weight, bias
+        return weight.to(dtype), bias.to(dtype)
+
 
 class EncoderLayer(nn.Module):
     """Transformer layer. Post-LN (TERA2's default): x = LN(x + attn(x)); x = LN(x + FFN(x)).
@@ -594,8 +675,8 @@ class EncoderLayer(nn.Module):
         self.layer_norm_first = layer_norm_first
         self.self_attn = SelfAttention(dim, heads, attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.fc1 = Linear(dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, dim)
         self.final_layer_norm = nn.LayerNorm(dim)
         self.dropout = Dropout(dropout)
         self.activation_dropout = Dropout(activation_dropout)

@@ -20,6 +20,7 @@ from tera.model.components import (
     ConvFeatureExtractor,
     Dropout,
     GradMultiply,
+    Linear,
     TransformerEncoder,
     lengths_to_padding_mask,
     masked_standardize,
@@ -77,7 +78,7 @@ class TeraModel(nn.Module):
             cfg.conv_layers, mode=cfg.extractor_mode, bias=cfg.conv_bias
         )
         self.layer_norm = nn.LayerNorm(feature_dim)
-        self.post_extract_proj = nn.Linear(feature_dim, dim) if feature_dim != dim else None
+        self.post_extract_proj = Linear(feature_dim, dim) if feature_dim != dim else None
         self.dropout_input = Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.empty(dim).uniform_())
         self.encoder = TransformerEncoder(
