@@ -129,6 +129,9 @@ def test_a_corpus_of_an_older_generator_is_made_again_or_refused(small_corpus, t
         resolve_data_root("asv", old)
     synthesize(old, "small", seed=0, progress=False)  # made again, not taken as it is
     check_generator(old)
+    (old / "summary.json").write_text('{"preset": "small", ')  # torn
+    with pytest.raises(UserError, match="summary.json: not valid JSON"):
+        resolve_data_root("asv", old)
     assert _digest(old / "voxceleb1" / "veri_test2.txt") == \
         _digest(small_corpus / "voxceleb1" / "veri_test2.txt")
 

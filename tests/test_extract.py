@@ -78,11 +78,11 @@ def test_extract_baselines(tmp_path, clip, expected):
     assert np.load(out)["clip"].shape == (1, 398, 240)
 
 
-def test_extract_without_checkpoint_is_a_seeded_random_slim(tmp_path, clip, capsys):
+def test_extract_without_checkpoint_is_a_seeded_random_slim(tmp_path, clip, caplog):
     outputs = [tmp_path / "a.npz", tmp_path / "b.npz"]
     for out in outputs:
         assert main(["extract", "--layer", "12", str(clip), "-o", str(out)]) == 0
-    assert "randomly initialised slim" in capsys.readouterr().err
+    assert "without a checkpoint (-k): a randomly initialised slim" in caplog.text
     a, b = (np.load(out)["clip"] for out in outputs)
     assert a.shape == (199, 384) and np.array_equal(a, b)
 

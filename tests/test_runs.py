@@ -14,6 +14,7 @@ from tera.errors import UserError
 from tera.runs.files import (
     atomic_output,
     check_writable,
+    read_json,
     save_torch,
     temporary_files,
     write_json,
@@ -189,6 +190,22 @@ def test_downstream_result_keeps_keys_it_does_not_know(tmp_path):
     (tmp_path / "results.json").write_text('{"task": "ks"}')
     with pytest.raises(UserError, match="results.json: a downstream result lacks metric"):
         read_result(tmp_path)
+
+
+def test_json_files_that_are_absent_torn_or_not_text_are_one_line_naming_them(tmp_path):
+    path = tmp_path / "record.json"
+    with pytest.raises(UserError, match=r"record.json: no such file \(has the run finished"):
+        read_json(path, "no such file (has the run finished?)")
+    write_json(path, {"a": [1, 2]})
+    assert read_json(path) == {"a": [1, 2]}
+    path.write_text('{"a": [1, ')  # a write cut short
+    with pytest.raises(UserError, match="record.json: not valid JSON"):
+        read_json(path)
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match="record.json: not valid JSON"):
+        read_json(path)
+    with pytest.raises(UserError, match="cannot read: is a directory"):
+        read_json(tmp_path)
 
 
 def test_training_state_round_trip_and_errors():

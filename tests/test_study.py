@@ -125,6 +125,7 @@ def test_failed_job_stops_the_study_with_the_end_of_its_log(tmp_path):
 
 
 def test_downstream_job_resumes_from_its_last_state_and_skips_a_finished_run(tmp_path):
+    from tera.runs.records import DownstreamResult, write_result
     from tera.study import downstream_job, study_config
 
     spec = study_config(None, quick=True)
@@ -137,8 +138,13 @@ def test_downstream_job_resumes_from_its_last_state_and_skips_a_finished_run(tmp
     assert job.args[job.args.index("-e") + 1] == str((folder / "states-10.ckpt").resolve())
     assert job.total == 40 and job.log == tmp_path / "study" / "logs" / "fbank_ks.log"
     assert job.args[job.args.index("--seed") + 1] == "1337"
-    # results without the per-item statistics the report needs: evaluated again
-    (folder / "results.json").write_text('{"split": "test"}')
+    # results cut short, then results without the per-item statistics the report needs:
+    # evaluated again; both present: finished
+    (folder / "results.json").write_text('{"split": "test"')
+    assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is not None
+    write_result(folder, DownstreamResult(
+        task="ks", metric="accuracy", value=0.5, split="test", checkpoint="states-10.ckpt",
+        upstream="fbank", upstream_ckpt=None, layer_weights=[1.0], step=10, wall_time_s=1.0))
     assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is not None
     (folder / "test_items.tsv").write_text("id\tcorrect\nu1\t1\n")
     assert downstream_job(spec, "ks", "fbank", None, tmp_path, folder, "ks") is None

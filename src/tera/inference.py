@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,17 +109,12 @@ def _as_array(states: list[torch.Tensor], layer: int | None) -> np.ndarray:
 
 
 def _extract_upstream(args: argparse.Namespace):
-    from tera.upstream import TeraUpstream, load_upstream, random_tera, upstream_name
+    from tera.upstream import load_upstream, upstream_name
 
     if args.deltas and args.upstream != "fbank":
         raise UserError(f"--deltas applies to -u fbank, not -u {args.upstream}")
-    if args.upstream == "tera2" and args.ckpt is None:
-        print("tera extract: no checkpoint given (-k): using a randomly initialised slim "
-              "model (seed 0)", file=sys.stderr)
-        return TeraUpstream(random_tera("slim", seed=0), args.chunk_seconds,
-                            args.context_seconds, precision=args.precision)
     name = upstream_name(args.upstream, args.ckpt)
-    if name == "tera2":
+    if name == "tera2":  # without -k: a random slim model, seed 0 (load_upstream warns)
         return load_upstream(name, args.ckpt, chunk_seconds=args.chunk_seconds,
                              context_seconds=args.context_seconds, precision=args.precision)
     return load_upstream(name, args.ckpt, deltas=args.deltas)

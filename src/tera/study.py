@@ -234,6 +234,7 @@ def check_study_corpus(out: Path, corpus: Path) -> None:
     """A study folder holds the results of one corpus: refuse to mix in another (e.g. the
     embedded corpus made again by a newer generator)."""
     from tera.corpora.base import generator_of, is_embedded_corpus, read_summary
+    from tera.runs.files import read_json, write_json
 
     if not is_embedded_corpus(corpus):
         return
@@ -242,13 +243,11 @@ def check_study_corpus(out: Path, corpus: Path) -> None:
     made["generator"] = generator_of(summary)
     record = out / "corpus.json"
     if record.is_file():
-        before = json.loads(record.read_text())
+        before = read_json(record)
         if before != made:
             raise UserError(f"{out} holds a study on the embedded corpus {before}, but the "
                             f"corpus is now {made}: choose another --out folder or delete {out}")
     else:
-        from tera.runs.files import write_json
-
         write_json(record, made)
 
 
@@ -504,8 +503,8 @@ def _finished(folder: Path) -> bool:
     """Whether a downstream run left its results and the per-item statistics of its test
     split (what the report's intervals need)."""
     try:
-        split = json.loads((folder / "results.json").read_text())["split"]
-    except (OSError, ValueError, KeyError):
+        split = read_result(folder).split
+    except UserError:  # absent, cut short or malformed: run (or evaluate) it again
         return False
     return (folder / f"{split}_items.tsv").is_file()
 

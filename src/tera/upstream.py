@@ -272,7 +272,7 @@ def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "s
     """
     if name in ("tera2", "tera"):
         if ckpt is None:
-            log.warning("tera2 without a checkpoint: a randomly initialised %s model "
+            log.warning("tera2 without a checkpoint (-k): a randomly initialised %s model "
                         "(seed %d)", preset, seed)
             return TeraUpstream(random_tera(preset, seed), chunk_seconds, context_seconds,
                                 precision=precision)

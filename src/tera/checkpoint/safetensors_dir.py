@@ -4,7 +4,6 @@ names), `config.json` (`format_version`, `model_cfg`, `task_cfg`, `dictionaries_
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from tera.checkpoint.card import model_card
 from tera.checkpoint.common import LoadedCheckpoint, from_parts, weights_for_export
 from tera.checkpoint.unpickler import first_line
 from tera.errors import UserError
-from tera.runs.files import atomic_output, ensure_folder, write_json, write_text
+from tera.runs.files import atomic_output, ensure_folder, read_json, write_json, write_text
 
 FORMAT_VERSION = 1
 
@@ -25,10 +24,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoi
     if not weights.is_file() or not config.is_file():
         raise UserError(f"{path}: a safetensors checkpoint directory needs model.safetensors "
                         "and config.json")
+    meta = read_json(config)
     try:
-        meta = json.loads(config.read_text())
         state = load_file(str(weights), device=str(map_location))
-    except Exception as err:  # json or safetensors header errors
+    except Exception as err:  # safetensors header errors
         raise UserError(f"{path}: unreadable safetensors checkpoint ({first_line(err)})") from err
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION or not isinstance(meta.get("model_cfg"), dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 
 from tera.audio import load_audio
 from tera.errors import UserError
+from tera.runs.files import read_json
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,10 @@ GENERATOR_VERSION = 2
 
 def read_summary(root: str | Path) -> dict:
     """The `summary.json` of an embedded corpus (what `tera corpus synth` made there)."""
-    return json.loads((Path(root) / "summary.json").read_text())
+    summary = read_json(Path(root) / "summary.json")
+    if not isinstance(summary, dict):
+        raise UserError(f"{Path(root) / 'summary.json'}: expected a JSON object")
+    return summary
 
 
 def generator_of(summary: dict) -> int:

@@ -145,6 +145,21 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def read_json(path: str | Path, missing: str = "no such file") -> Any:
+    """A JSON file's content. A file that is absent (`missing` says what that means),
+    unreadable or not valid JSON (a torn write, an edit gone wrong) is a `UserError` naming
+    it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}") from None
+    except OSError as err:
+        raise _user_error(path, "read", err) from err
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise UserError(f"{path}: not valid JSON ({err})") from err
+
+
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 

@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tera.errors import UserError
-from tera.runs.files import write_json
+from tera.runs.files import read_json, write_json
 
 
 @dataclass
@@ -122,10 +121,5 @@ def write_result(expdir: str | Path, result: DownstreamResult) -> Path:
 
 def read_result(expdir: str | Path) -> DownstreamResult:
     path = Path(expdir) / RESULTS
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (has the run finished?)") from None
-    except ValueError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
-    return DownstreamResult.from_dict(data, path)
+    return DownstreamResult.from_dict(read_json(path, "no such file (has the run finished?)"),
+                                      path)
