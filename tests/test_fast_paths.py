@@ -241,3 +241,7 @@ def test_inference_reuses_derived_weights_until_a_parameter_changes():
             param.mul_(0.9)
     model.float()  # new storage, version 0 again: possibly at the old address
     assert torch.equal(states(), fresh())
+
+    with torch.inference_mode():  # parameters without a version counter: nothing kept
+        made_there = TeraUpstream(random_tera("tiny", seed=2), precision="bf16")
+        assert torch.equal(made_there(wave)["last_hidden_state"], loaded)

@@ -73,10 +73,13 @@ def reuse_while_frozen(module: nn.Module, key: object, build: Callable[[], T]) -
     version counter moved (any in-place update: an optimizer step, `load_state_dict`) or its
     storage did (a move or a dtype conversion; the cache holds the old storage, so its
     address cannot be given to a new one meanwhile). `key` names what is built, with
-    whatever else it depends on (the dtype). Under gradient recording: `build()` each time."""
+    whatever else it depends on (the dtype). Under gradient recording, or for parameters made
+    under `torch.inference_mode` (which have no version counter): `build()` each time."""
     if torch.is_grad_enabled():
         return build()
     params = list(module.parameters())
+    if any(p.is_inference() for p in params):
+        return build()
     cache = module.__dict__.setdefault("_reused_while_frozen", {})
     if key in cache:
         sources, versions, value = cache[key]
