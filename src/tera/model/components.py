@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -25,6 +26,9 @@ from torch import nn
 from tera.errors import UserError
 
 T = TypeVar("T")
+# reuse_while_frozen's tensors per module, beside the module rather than in it, so that
+# pickling, deepcopy and state dicts never carry them.
+_REUSED: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def flush_denormals() -> None:
@@ -80,7 +84,7 @@ def reuse_while_frozen(module: nn.Module, key: object, build: Callable[[], T]) -
     params = list(module.parameters())
     if any(p.is_inference() for p in params):
         return build()
-    cache = module.__dict__.setdefault("_reused_while_frozen", {})
+    cache = _REUSED.setdefault(module, {})
     if key in cache:
         sources, versions, value = cache[key]
         if len(sources) == len(params) and all(
