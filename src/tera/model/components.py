@@ -70,15 +70,16 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 def reuse_while_frozen(module: nn.Module, key: object, build: Callable[[], T]) -> T:
     """`build()`: tensors made from `module`'s parameters (a cast, fused or re-laid-out
-    weight), kept on the module while no gradient is recorded and reused until a parameter
-    changes, so that inference does not remake them at every call (slim in bf16: the casts
-    of every weight, the q/k/v concatenations, the conv taps and the positional conv's
-    weight norm were about 5 % of its time on 2 threads). A parameter has changed when its
-    version counter moved (any in-place update: an optimizer step, `load_state_dict`) or its
-    storage did (a move or a dtype conversion; the cache holds the old storage, so its
-    address cannot be given to a new one meanwhile). `key` names what is built, with
-    whatever else it depends on (the dtype). Under gradient recording, or for parameters made
-    under `torch.inference_mode` (which have no version counter): `build()` each time."""
+    weight), kept beside the module (a weak map: pickles and copies of it never carry them)
+    while no gradient is recorded, and reused until a parameter changes, so that inference
+    does not remake them at every call (slim in bf16: the casts of every weight, the q/k/v
+    concatenations, the conv taps and the positional conv's weight norm were about 5 % of
+    its time on 2 threads). A parameter has changed when its version counter moved (any
+    in-place update: an optimizer step, `load_state_dict`) or its storage did (a move or a
+    dtype conversion; the cache holds the old storage, so its address cannot be given to a
+    new one meanwhile). `key` names what is built, with whatever else it depends on (the
+    dtype). Under gradient recording, or for parameters made under `torch.inference_mode`
+    (which have no version counter): `build()` each time."""
     if torch.is_grad_enabled():
         return build()
     params = list(module.parameters())
