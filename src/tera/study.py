@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tera.checkpoint.training import read_training_state
+from tera.downstream.bootstrap import interval, items_path, read_items
 from tera.errors import UserError, raise_terminated
 from tera.report import UpstreamResult, write_report
 from tera.runs.checkpoints import downstream_states
@@ -203,10 +205,6 @@ def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]
     """One report row per upstream label: each task's metric (the mean over the seeds), its
     bootstrap interval and the seeds' values; and the per-item statistics of every run
     ({label: {task: [Items of each seed]}}) for the paired tests."""
-    import numpy as np
-
-    from tera.downstream.bootstrap import interval, read_items
-
     by_label: dict[str, list[Upstream]] = {}
     for upstream in upstreams:
         by_label.setdefault(upstream.label, []).append(upstream)
@@ -217,7 +215,7 @@ def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]
         for task in tasks:
             folders = [expdir(out, label, task, u.seed) for u in seeds]
             records = [read_result(f) for f in folders]
-            runs = [read_items(f / f"{r.split}_items.tsv") for f, r in zip(folders, records)]
+            runs = [read_items(items_path(f, r.split)) for f, r in zip(folders, records)]
             values[task] = [float(r.value) for r in records]
             metrics[task] = float(np.mean(values[task]))
             weights[task] = np.mean([r.layer_weights for r in records], axis=0).tolist()
@@ -506,7 +504,7 @@ def _finished(folder: Path) -> bool:
         split = read_result(folder).split
     except UserError:  # absent, cut short or malformed: run (or evaluate) it again
         return False
-    return (folder / f"{split}_items.tsv").is_file()
+    return items_path(folder, split).is_file()
 
 
 def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:

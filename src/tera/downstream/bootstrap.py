@@ -127,6 +127,11 @@ class Items:
         return weights
 
 
+def items_path(folder: str | Path, split: str) -> Path:
+    """Where a run keeps the per-item statistics of a scored split: `<split>_items.tsv`."""
+    return Path(folder) / f"{split}_items.tsv"
+
+
 def write_items(path: Path, items: Items) -> None:
     from tera.runs.files import write_text
 

@@ -27,7 +27,7 @@ from tera.corpora.base import (
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task
-from tera.downstream.bootstrap import interval, read_items, write_items
+from tera.downstream.bootstrap import interval, items_path, read_items, write_items
 from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
@@ -287,7 +287,7 @@ class Run:
 
     def best_items_path(self) -> Path:
         """The dev items scored by the best dev checkpoint (`dev-best_items.tsv`)."""
-        return self.expdir / f"{Path(self.task.best_name).stem}_items.tsv"
+        return items_path(self.expdir, Path(self.task.best_name).stem)
 
 
 def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
@@ -383,7 +383,7 @@ def _run(task: str, mode: str, cfg: DictConfig, root: Path, upstream: str,
     split = test_split or job.task.test_split
     value, lines, items = job.evaluate(split)
     write_text(expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
-    write_items(expdir / f"{split}_items.tsv", items)
+    write_items(items_path(expdir, split), items)
     result = DownstreamResult(
         task=job.task.name, metric=job.task.metric, value=value, split=split,
         checkpoint=str(checkpoint), upstream=upstream, upstream_ckpt=upstream_ckpt,
