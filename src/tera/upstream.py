@@ -161,10 +161,9 @@ class TeraUpstream(Upstream):
             if self.chunk_frames > 0 and int(frames.max()) > self.chunk_frames:
                 result = self._one_by_one(wavs)
             else:
-                # A batch without padding (one utterance, or all of one length) passes no
-                # lengths: the model then takes its unmasked paths (6 % of slim's inference).
-                padded = bool((lengths != lengths[0]).any())
-                out = self.model.extract_features(waves, lengths if padded else None)
+                # A batch without padding (one utterance, or all of one length) takes the
+                # model's unmasked paths: `TeraModel` drops lengths that pad nothing.
+                out = self.model.extract_features(waves, lengths)
                 result = self._result(out.hidden_states, out.frame_lengths)
         return result
 
