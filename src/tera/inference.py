@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from tera.errors import UserError
-from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS
+from tera.upstream import PRECISIONS, TERA2_CHECKPOINT_NAMES, UPSTREAMS
 
 DIRECTORY_FORMATS = ("safetensors", "transformers")  # formats written as a folder, not a file
 
@@ -39,7 +39,7 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
                          "(default 60)")
     extract.add_argument("--context-seconds", type=float, default=10.0,
                          help="tera2: context on each side of an encoder chunk (default 10)")
-    extract.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+    extract.add_argument("--precision", choices=PRECISIONS, default="auto",
                          help="tera2: auto (default) computes in bf16 on a CPU with native bf16 "
                          "matmuls (about twice as fast, within 1 %% of fp32), else fp32; "
                          "fp32 gives the reference's numbers")

@@ -501,9 +501,7 @@ class ConvFeatureExtractor(nn.Module):
         if frames < 1:
             raise UserError(f"audio too short for the conv extractor: {samples} samples give "
                             "no frame")
-        dtype = waves.dtype
-        if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
+        dtype = autocast_dtype("cpu") or waves.dtype
         # Each utterance's slot: its samples padded to a multiple of the strides' product (and
         # the first kernel's overhang), so that every block's rows divide by its stride.
         slot = -(-samples // self.stride_product) * self.stride_product
