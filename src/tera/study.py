@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tera.checkpoint.training import read_training_state
+from tera.downstream import DEFAULT_SEED
 from tera.downstream.bootstrap import interval, items_path, read_items
 from tera.errors import UserError, raise_terminated
 from tera.report import UpstreamResult, write_report
@@ -46,7 +47,7 @@ from tera.runs.records import read_result
 # Seed k of a study runs its downstream jobs with `--seed 1337 + k` (1337: the runner's
 # default) and, with `seeds.pretraining`, pre-trains with `common.seed=1337 + k` and draws
 # its random TERA with torch seed k; seed 0 is what a study without seeds runs.
-FIRST_SEED = 1337
+FIRST_SEED = DEFAULT_SEED
 
 
 @dataclass

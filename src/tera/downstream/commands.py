@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from tera.downstream import DEFAULT_SEED
 from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, upstream_name
 
 
@@ -33,7 +34,7 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-e", "--init-ckpt", help="downstream checkpoint to evaluate or resume")
     p.add_argument("-t", "--evaluate-split", help="split to evaluate (default: test)")
     p.add_argument("--data-root", help="corpus folder (default: the embedded corpus)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-cache", action="store_true", help="recompute upstream features")
     p.set_defaults(handler=run_command)

@@ -24,6 +24,7 @@ from tera.corpora.base import (
     default_corpus_dir,
     is_embedded_corpus,
 )
+from tera.downstream import DEFAULT_SEED
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task
@@ -320,7 +321,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         expdir: str | Path | None = None, config: str | None = None,
         overrides: list[str] | None = None, data_root: str | Path | None = None,
         init_ckpt: str | Path | None = None, test_split: str | None = None,
-        seed: int = 1337, cache: bool = True, device: str = "cpu",
+        seed: int = DEFAULT_SEED, cache: bool = True, device: str = "cpu",
         upstream_preset: str = "slim") -> dict:
     """Train (then test) or evaluate one downstream task; returns results.json's content."""
     started = time.perf_counter()
