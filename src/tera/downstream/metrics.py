@@ -1,6 +1,5 @@
-"""Downstream metrics: WER (jiwer), PER (editdistance over phone tokens) and EER. All
-returned as fractions (accuracy is the mean of the per-item `correct` column,
-`tera.downstream.bootstrap.Items`).
+"""Downstream metrics: WER (jiwer), PER (editdistance over phone tokens), accuracy and EER.
+All returned as fractions.
 
 The error counts per utterance (`word_errors`, `phone_errors`) are what the bootstrap
 resamples (`tera.downstream.bootstrap`); the set-level rates are their sums over the
@@ -46,6 +45,12 @@ def phone_error_rate(references: list[list[str]], hypotheses: list[list[str]]) -
     if tokens == 0:
         raise ValueError("the references hold no phones")
     return sum(phone_errors(r, h) for r, h in zip(references, hypotheses, strict=True)) / tokens
+
+
+def accuracy(labels: list, predictions: list) -> float:
+    if not labels:
+        raise ValueError("no labels")
+    return float(np.mean([a == b for a, b in zip(labels, predictions, strict=True)]))
 
 
 def equal_error_rate(labels, scores, weights=None) -> float:
