@@ -61,7 +61,8 @@ def test_cache_gives_the_features_of_a_recomputation(small_corpus):
     assert cached.hits == 6 and cached.misses == 6
     for a, b, c in zip(first, again, fresh):
         assert torch.equal(a, b)
-        torch.testing.assert_close(a.float(), c, atol=2e-3, rtol=2e-3)  # float16 storage
+        # float16 whether stored or not: a run's numbers do not depend on the cache
+        assert torch.equal(a, c)
 
 
 def test_cache_spills_to_disk(small_corpus, tmp_path):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from tera.audio import load_audio
+from tera import effects
+from tera.audio import SAMPLE_RATE, load_audio
 from tera.errors import UserError
 from tera.runs.files import read_json
 
@@ -20,6 +23,12 @@ class Utterance:
     text: ASR transcript (upper-case words); phones: phone tokens (PR); label: the class of
     KS (one of the 12) or SID (the speaker). offset / num_samples select a segment of the
     file (the `_silence_` items of Speech Commands are 1 s cuts of background noise).
+
+    gain_db and trim_silence are s3prl's sox effects, applied after reading (KS and ASV: a
+    -3 dB gain; ASV: sox's `silence 1 0.1 0.1% -1 0.1 0.1%`). crop, (max_samples, seed),
+    asks for a random window of at most max_samples of the processed audio, at an offset
+    drawn from `seed` (training crops of SID, ASV and KS's `_silence_`): such an item is
+    new audio at every draw, so it is never cached.
     """
 
     id: str
@@ -30,6 +39,9 @@ class Utterance:
     label: str | None = None
     offset: int = 0
     num_samples: int | None = None
+    gain_db: float = 0.0
+    trim_silence: bool = False
+    crop: tuple[int, int] | None = None
 
 
 def problem(problems: list[str] | None, message: str) -> None:
@@ -41,10 +53,34 @@ def problem(problems: list[str] | None, message: str) -> None:
 
 
 def read_segment(utt: Utterance) -> torch.Tensor:
-    """The utterance's audio: 1-D float32 at 16 kHz (see `tera.audio.load_audio`)."""
+    """The utterance's audio: 1-D float32 at 16 kHz (see `tera.audio.load_audio`), with its
+    effects applied and its crop drawn."""
     wave = load_audio(utt.path)
     end = None if utt.num_samples is None else utt.offset + utt.num_samples
-    return wave[utt.offset : end]
+    wave = apply_effects(wave[utt.offset : end], utt.gain_db, utt.trim_silence)
+    if utt.crop is not None:
+        wave = random_crop(wave, *utt.crop)
+    return wave
+
+
+def apply_effects(wave: torch.Tensor, gain_db: float, trim_silence: bool) -> torch.Tensor:
+    if not gain_db and not trim_silence:
+        return wave
+    samples = wave.numpy()
+    if gain_db:
+        samples = effects.gain(samples, gain_db)
+    if trim_silence:
+        samples = effects.remove_silence(samples, SAMPLE_RATE)
+    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+
+
+def random_crop(wave: torch.Tensor, max_samples: int, seed: int) -> torch.Tensor:
+    """A window of `max_samples` at an offset drawn from `seed` (the whole wave when it is
+    no longer)."""
+    if len(wave) <= max_samples:
+        return wave
+    start = random.Random(seed).randint(0, len(wave) - max_samples)
+    return wave[start : start + max_samples]
 
 
 def tera_home() -> Path:

@@ -3,7 +3,9 @@ metric. Each task is one small module (asr, pr, ks, sid, asv) with one such clas
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,6 +46,16 @@ class Task:
 
     def examples(self, split: str) -> list[Utterance]:
         raise NotImplementedError
+
+    def epoch(self, train: list[Utterance], seed: int) -> list[Utterance]:
+        """The training utterances of one epoch, drawn with `seed`: as they are by default;
+        a task may resample them (KS's class balance) or give them random crops (SID, ASV)."""
+        return train
+
+    def batches(self, sizes: list[int], shuffle: bool, seed: int) -> list[list[int]] | None:
+        """The task's own batching of utterances of `sizes` samples (index lists), or None
+        for the runner's (`runner.batch_size` utterances, else `runner.batch_samples`)."""
+        return None
 
     def prepare(self, train: list[Utterance]) -> None:
         """Learn the output inventory from the training set."""
@@ -105,3 +117,22 @@ def ctc_loss(log_probs: torch.Tensor, lengths: torch.Tensor, targets: list[list[
     target_lengths = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
     return nn.functional.ctc_loss(log_probs.transpose(0, 1).float(), flat, lengths.cpu(),
                                   target_lengths, blank=0, zero_infinity=True)
+
+
+def with_crops(utts: list[Utterance], max_samples: int, seed: int) -> list[Utterance]:
+    """Each utterance asking for a random window of at most `max_samples` (s3prl's
+    `max_timestep`), its offset drawn from `seed` and its position."""
+    base = random.Random(seed).getrandbits(48)
+    return [replace(u, crop=(max_samples, base + i)) for i, u in enumerate(utts)]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters (what results.json reports as `head_parameters`)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def am_softmax(cosine: torch.Tensor, labels: torch.Tensor, margin: float, scale: float
+               ) -> torch.Tensor:
+    """Additive-margin softmax: cross-entropy of scale x (cosine - margin on the target)."""
+    target_margin = nn.functional.one_hot(labels, cosine.size(1)) * margin
+    return nn.functional.cross_entropy(scale * (cosine - target_margin), labels)

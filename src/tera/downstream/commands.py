@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tera.downstream import DEFAULT_SEED
+from tera.downstream import CACHE_BUDGET_GB, DEFAULT_SEED
 from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, upstream_name
 
 
@@ -37,6 +37,10 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-cache", action="store_true", help="recompute upstream features")
+    p.add_argument("--cache-budget-gb", type=float, default=CACHE_BUDGET_GB,
+                   help="cache the upstream's features when they fit in this many GB "
+                   "(estimated before training), else compute them at every step "
+                   f"(default {CACHE_BUDGET_GB:g})")
     p.set_defaults(handler=run_command)
 
 
@@ -53,6 +57,7 @@ def run_command(args: argparse.Namespace) -> int:
         config=args.config, overrides=parse_overrides(args.override), data_root=args.data_root,
         init_ckpt=args.init_ckpt, test_split=args.evaluate_split, seed=args.seed,
         cache=not args.no_cache, device=args.device, upstream_preset=args.upstream_preset,
+        cache_budget_gb=args.cache_budget_gb,
     )
     print(json.dumps({k: results[k] for k in ("task", "metric", "value", "split",
                                                "checkpoint")}))

@@ -2,7 +2,8 @@
 and batched by total length.
 
 The cache keys an utterance's hidden states by the upstream's identity (a hash of its
-weights and options) and the audio segment (path, offset, length). States are kept in
+weights and options) and the audio segment (path, offset, length, effects); random
+training crops are computed at every draw. States are kept in
 memory as float16 up to `max_memory_bytes`, then written under the run folder (atomically;
 a cache file that cannot be read is recomputed).
 """
@@ -41,7 +42,12 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def _key(self, utt: Utterance) -> tuple:
-        return (self.identity, str(utt.path), utt.offset, utt.num_samples)
+        effects = (utt.gain_db, utt.trim_silence) if utt.gain_db or utt.trim_silence else ()
+        return (self.identity, str(utt.path), utt.offset, utt.num_samples, *effects)
+
+    def _cacheable(self, utt: Utterance) -> bool:
+        """Random crops are new audio at every draw: never cached."""
+        return self.enabled and utt.crop is None
 
     def _disk_path(self, key: tuple) -> Path | None:
         if self.folder is None:
@@ -73,11 +79,11 @@ class FeatureCache:
 
     @torch.no_grad()
     def states(self, utterances: list[Utterance], device: torch.device) -> list[torch.Tensor]:
-        """Hidden states of each utterance, `[layers, frames, dim]` (float16 when cached)."""
+        """Hidden states of each utterance, `[layers, frames, dim]`, float16."""
         found: list[torch.Tensor | None] = [None] * len(utterances)
         missing = []
         for i, utt in enumerate(utterances):
-            cached = self._lookup(self._key(utt)) if self.enabled else None
+            cached = self._lookup(self._key(utt)) if self._cacheable(utt) else None
             if cached is None:
                 missing.append(i)
             else:
@@ -89,9 +95,9 @@ class FeatureCache:
             out = self.upstream(waves)
             stacked = torch.stack(out["hidden_states"], dim=1)  # [B, L, T, D]
             for row, i in enumerate(missing):
-                states = stacked[row, :, : int(out["lengths"][row])].float().cpu()
-                if self.enabled:
-                    states = states.half()
+                # float16 whether cached or not: a run's numbers do not depend on the cache
+                states = stacked[row, :, : int(out["lengths"][row])].float().cpu().half()
+                if self._cacheable(utterances[i]):
                     self._store(self._key(utterances[i]), states)
                 found[i] = states
         return found  # type: ignore[return-value]

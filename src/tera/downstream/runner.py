@@ -24,10 +24,10 @@ from tera.corpora.base import (
     default_corpus_dir,
     is_embedded_corpus,
 )
-from tera.downstream import DEFAULT_SEED
+from tera.downstream import CACHE_BUDGET_GB, DEFAULT_SEED
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
-from tera.downstream.base import Scored, Task
+from tera.downstream.base import Scored, Task, count_parameters
 from tera.downstream.bootstrap import interval, items_path, read_items, write_items
 from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
 from tera.downstream.ks import KsTask
@@ -35,7 +35,12 @@ from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
-from tera.runs.checkpoints import downstream_states, downstream_states_name, keep_newest
+from tera.runs.checkpoints import (
+    downstream_states,
+    downstream_states_name,
+    downstream_step,
+    keep_newest,
+)
 from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
 from tera.runs.log import RunLog
@@ -143,8 +148,9 @@ class Run:
 
     def __init__(self, task: str, cfg: DictConfig, root: Path, upstream_name: str,
                  upstream_ckpt: str | None, expdir: Path, device: str, cache: bool,
-                 seed: int, upstream_preset: str = "slim") -> None:
+                 seed: int, upstream_preset: str = "slim", profile: str = "real") -> None:
         self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
+        self.profile = profile
         self.device = torch.device(device)
         flush_denormals()
         keep_freed_memory()
@@ -169,11 +175,28 @@ class Run:
     def build(self) -> None:
         self.head = self.task.build_head(self.upstream.hidden_size).to(self.device)
         params = list(self.featurizer.parameters()) + list(self.head.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=float(self.cfg.optimizer.lr))
+        self.optimizer = build_optimizer(self.cfg.optimizer, params)
 
     def features(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
         layers, lengths = pad_states(self.cache.states(utts, self.device), self.device)
         return self.featurizer(layers, lengths), lengths
+
+    def plan_cache(self, utts: list[Utterance], budget_bytes: float) -> str:
+        """Cache the features when they fit in `budget_bytes` (estimated from the audio's
+        length), else compute the upstream on the fly at every step, as s3prl does; returns
+        the line that says which."""
+        if not self.cache.enabled:
+            return "features: computed on the fly at every step (--no-cache)"
+        seconds = sum(segment_samples(u) for u in {u.id: u for u in utts}.values()) / 16000
+        frames_per_second = 16000 / self.upstream.get_downsample_rate()
+        size = (seconds * frames_per_second * self.upstream.num_layers
+                * self.upstream.hidden_size * 2)  # float16
+        needed = f"{size / 1e9:.2f} GB for {seconds / 3600:.1f} h of audio"
+        if size <= budget_bytes:
+            return f"features: cached ({needed}, budget {budget_bytes / 1e9:g} GB)"
+        self.cache.enabled = False
+        return (f"features: computed on the fly at every step (the cache would need {needed},"
+                f" over the {budget_bytes / 1e9:g} GB budget: --cache-budget-gb)")
 
     @torch.no_grad()
     def standardize_features(self, train: list[Utterance], max_utterances: int = 2000) -> None:
@@ -186,9 +209,22 @@ class Run:
         self.featurizer.set_statistics(mean, std)
 
     def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
-        sizes = [segment_samples(u) for u in utts]
-        order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,
-                                  self.seed * 1000 + epoch)
+        """Training batches (`shuffle`) of `runner.batch_size` utterances drawn at random
+        (s3prl's loaders), or of at most `runner.batch_samples` of padded audio; evaluation
+        batches by length. A task may batch its own way (`Task.batches`)."""
+        seed = self.seed * 1000 + epoch
+        batch_size = self.cfg.runner.get("batch_size")
+        if shuffle and batch_size:
+            order = list(range(len(utts)))
+            random.Random(seed).shuffle(order)
+            order = [order[i : i + int(batch_size)] for i in range(0, len(order),
+                                                                  int(batch_size))]
+        else:
+            sizes = [segment_samples(u) for u in utts]
+            order = self.task.batches(sizes, shuffle, seed)
+            if order is None:
+                order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,
+                                          seed)
         return [[utts[i] for i in batch] for batch in order]
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -199,6 +235,7 @@ class Run:
             "config": OmegaConf.to_container(self.cfg), "task_state": self.task.state(),
             "upstream": self.upstream_name, "upstream_ckpt": self.upstream_ckpt,
             "upstream_preset": self.upstream_preset, "data_root": str(self.root),
+            "profile": self.profile,
             "head": self.head.state_dict(), "featurizer": self.featurizer.state_dict(),
             "optimizer": self.optimizer.state_dict(), "seed": self.seed,
         }, path)
@@ -230,9 +267,8 @@ class Run:
             return True
         return value > self.best if self.task.higher_is_better else value < self.best
 
-    def train(self, log) -> None:
+    def train(self, log, train: list[Utterance]) -> None:
         runner = self.cfg.runner
-        train = self.task.examples(self.task.train_split)
         if self.head is None:
             self.task.prepare(train)
             if self.featurizer.standardize:
@@ -263,7 +299,8 @@ class Run:
                     log({"step": self.step, "train_loss": float(np.mean(losses))})
                     bar.set_postfix(loss=f"{np.mean(losses):.3f}")
                     losses = []
-                if self.step % int(runner.eval_step) == 0 or self.step == total:
+                if self.task.dev_split and (self.step % int(runner.eval_step) == 0
+                                            or self.step == total):
                     self._validate(log)
                 if self.step % int(runner.save_step) == 0 or self.step == total:
                     self.save(self.expdir / downstream_states_name(self.step))
@@ -273,9 +310,8 @@ class Run:
         bar.close()
 
     def _epoch(self, train: list[Utterance], epoch: int):
-        if getattr(self.task, "balanced_training", False):
-            train = _class_balanced(train, self.seed * 31 + epoch)
-        return self.batches(train, shuffle=True, epoch=epoch)
+        return self.batches(self.task.epoch(train, self.seed * 31 + epoch), shuffle=True,
+                            epoch=epoch)
 
     def _validate(self, log) -> None:
         value, _, items = self.evaluate(self.task.dev_split)
@@ -291,14 +327,15 @@ class Run:
         return items_path(self.expdir, Path(self.task.best_name).stem)
 
 
-def _class_balanced(utts: list[Utterance], seed: int) -> list[Utterance]:
-    """Resample with replacement so that every class is drawn equally often."""
-    rng = random.Random(seed)
-    by_label: dict[str, list[Utterance]] = {}
-    for utt in utts:
-        by_label.setdefault(utt.label or "", []).append(utt)
-    labels = sorted(by_label)
-    return [rng.choice(by_label[rng.choice(labels)]) for _ in range(len(utts))]
+def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
+                    ) -> torch.optim.Optimizer:
+    """`optimizer.name` (s3prl's `torch_optim_name`: Adam or AdamW, torch's defaults
+    otherwise, as s3prl's TorchOptim) at `optimizer.lr`."""
+    name = str(cfg.get("name", "Adam"))
+    optimizers = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+    if name not in optimizers:
+        raise UserError(f"optimizer.name={name}: expected one of {', '.join(optimizers)}")
+    return optimizers[name](params, lr=float(cfg.lr))
 
 
 def _read_downstream_ckpt(path: Path) -> dict:
@@ -322,7 +359,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         overrides: list[str] | None = None, data_root: str | Path | None = None,
         init_ckpt: str | Path | None = None, test_split: str | None = None,
         seed: int = DEFAULT_SEED, cache: bool = True, device: str = "cpu",
-        upstream_preset: str = "slim") -> dict:
+        upstream_preset: str = "slim", cache_budget_gb: float = CACHE_BUDGET_GB) -> dict:
     """Train (then test) or evaluate one downstream task; returns results.json's content."""
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -343,16 +380,21 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
             expdir = Path("result") / "downstream" / (name or f"{task}_{upstream}")
         expdir = Path(expdir)
         cfg = None
+    if data_root is None:
+        say(task, f"no --data-root: the embedded corpus at {default_corpus_dir('default')} "
+                  "with the recipes' embedded profile (--data-root DIR for your corpus)")
     root, embedded = resolve_data_root(task, data_root)
+    profile = "embedded" if embedded else "real"
     if cfg is None:
-        cfg = load_recipe(task, config, "embedded" if embedded else None, overrides or [])
+        cfg = load_recipe(task, config, profile if embedded else None, overrides or [])
     check_writable(ensure_folder(expdir) / "results.json")  # before any feature is computed
     with folder_lock(expdir, "tera downstream"):
         write_text(expdir / "config.yaml", OmegaConf.to_yaml(cfg))
         log = RunLog(expdir, tensorboard="tb", step_key="step", echo_prefix=f"[{task}] ")
         try:
-            result = _run(task, mode, cfg, root, upstream, upstream_ckpt, expdir, device, cache,
-                          seed, upstream_preset, init_ckpt, test_split, log)
+            job = Run(task, cfg, root, upstream, upstream_ckpt, expdir, device, cache, seed,
+                      upstream_preset, profile)
+            result = _run(job, mode, init_ckpt, test_split, cache_budget_gb * 1e9, log)
         finally:
             log.close()
         result.wall_time_s = time.perf_counter() - started
@@ -360,54 +402,90 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
     return result.to_dict()
 
 
-def _run(task: str, mode: str, cfg: DictConfig, root: Path, upstream: str,
-         upstream_ckpt: str | None, expdir: Path, device: str, cache: bool, seed: int,
-         upstream_preset: str, init_ckpt: str | Path | None, test_split: str | None,
-         log: RunLog) -> DownstreamResult:
-    job = Run(task, cfg, root, upstream, upstream_ckpt, expdir, device, cache, seed,
-              upstream_preset)
+def say(task: str, line: str) -> None:
+    print(f"[{task}] {line}", file=sys.stderr, flush=True)
+
+
+def _run(job: Run, mode: str, init_ckpt: str | Path | None, test_split: str | None,
+         cache_budget: float, log: RunLog) -> DownstreamResult:
     if init_ckpt is not None:
         job.load(Path(init_ckpt))
+    task, split = job.task, test_split or job.task.test_split
     if mode == "train":
-        job.train(log.write)
-        best = expdir / job.task.best_name
-        job.load(best)
-        checkpoint = best
+        train = task.examples(task.train_split)
+        evaluated = [u for name in (task.dev_split, split) if name
+                     for u in task.examples(name)]
+        say(task.name, job.plan_cache(train + evaluated, cache_budget))
+        job.train(log.write, train)
+        if task.dev_split:
+            checkpoint = job.expdir / task.best_name
+            job.load(checkpoint)
+            scored = job.evaluate(split)
+        else:  # no dev set (s3prl's ASV): its protocol chooses among the saved checkpoints
+            protocol = _s3prl_protocol(job, split)
+            checkpoint = job.expdir / protocol["checkpoint"]
+            job.load(checkpoint)
+            scored = protocol.pop("scored")
     elif mode == "evaluate":
         if init_ckpt is None:
             raise UserError("-m evaluate needs -e CHECKPOINT (e.g. result/downstream/NAME/"
                             "dev-best.ckpt)")
+        say(task.name, job.plan_cache(task.examples(split), cache_budget))
         checkpoint = Path(init_ckpt)
+        scored = job.evaluate(split)
     else:
         raise UserError(f"unknown mode {mode!r}; expected train or evaluate")
 
-    split = test_split or job.task.test_split
-    value, lines, items = job.evaluate(split)
-    write_text(expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
-    write_items(items_path(expdir, split), items)
+    value, lines, items = scored
+    write_text(job.expdir / f"{split}_predictions.txt", "\n".join(lines) + "\n")
+    write_items(items_path(job.expdir, split), items)
     result = DownstreamResult(
-        task=job.task.name, metric=job.task.metric, value=value, split=split,
-        checkpoint=str(checkpoint), upstream=upstream, upstream_ckpt=upstream_ckpt,
+        task=task.name, metric=task.metric, value=value, split=split,
+        checkpoint=str(checkpoint), upstream=job.upstream_name, upstream_ckpt=job.upstream_ckpt,
         layer_weights=job.featurizer.layer_weights.tolist(), step=job.step, wall_time_s=0.0,
         dev_best=job.best,
-        cache={"enabled": cache, "hits": job.cache.hits, "misses": job.cache.misses})
-    result.extra["interval"] = interval([items])  # 95 % bootstrap interval of `value`
-    if job.task.name == "asv" and mode == "train":
-        result.dev_eer = job.best
-        result.extra["dev_eer_interval"] = interval([read_items(job.best_items_path())])
-        result.best_test_eer_over_checkpoints = _s3prl_protocol(job, split)
+        cache={"enabled": job.cache.enabled, "hits": job.cache.hits,
+               "misses": job.cache.misses})
+    result.extra.update({
+        "interval": interval([items]),  # 95 % bootstrap interval of `value`
+        "head_parameters": count_parameters(job.head),
+        "data_root": str(job.root), "profile": job.profile,
+        "recipe": OmegaConf.to_container(job.cfg)})
+    if task.name == "asv" and mode == "train":
+        if task.dev_split:
+            result.dev_eer = job.best
+            result.extra["dev_eer_interval"] = interval([read_items(job.best_items_path())])
+            protocol = _s3prl_protocol(job, split)
+            del protocol["scored"]
+        result.best_test_eer_over_checkpoints = protocol
+        result.extra["last_checkpoint_eer"] = _last_checkpoint(job, split)
     return result
 
 
 def _s3prl_protocol(job: Run, split: str) -> dict:
-    """s3prl reports the best test EER over every saved checkpoint (selection on test):
-    given for comparison only, labelled as such."""
+    """s3prl's ASV number (`test_expdir.sh`): the test EER of the checkpoints saved at
+    multiples of `runner.test_checkpoints_every` (every saved one when none is), the best
+    one; a selection on the test set, labelled as such. `scored` holds the best one's
+    `Scored`."""
+    every = int(job.cfg.runner.get("test_checkpoints_every") or 1)
+    saved = downstream_states(job.expdir)
+    chosen = [p for p in saved if downstream_step(p) % every == 0] or saved
     scored = {}
-    for path in downstream_states(job.expdir):
+    for path in chosen:
         job.load(path)
         scored[path.name] = job.evaluate(split)
     scores = {name: s.value for name, s in scored.items()}
     best = min(scores, key=scores.get)
     return {"protocol": "s3prl: min test EER over saved checkpoints (selected on test)",
             "value": scores[best], "checkpoint": best, "all": scores,
-            "interval": interval([scored[best].items])}
+            "interval": interval([scored[best].items]), "scored": scored[best]}
+
+
+def _last_checkpoint(job: Run, split: str) -> dict:
+    """The dev-free alternative to s3prl's protocol: the last checkpoint's test EER, no
+    selection at all."""
+    last = downstream_states(job.expdir)[-1]
+    job.load(last)
+    scored = job.evaluate(split)
+    return {"protocol": "last checkpoint (no selection)", "value": scored.value,
+            "checkpoint": last.name, "interval": interval([scored.items])}

@@ -24,6 +24,11 @@ def downstream_states_name(step: int) -> str:
     return f"states-{step}.ckpt"
 
 
+def downstream_step(path: Path) -> int:
+    """The step of a `states-<step>.ckpt`."""
+    return int(DOWNSTREAM_STATES.fullmatch(Path(path).name)["step"])
+
+
 def saved_by_step(folder: str | Path, pattern: re.Pattern) -> list[Path]:
     """Files of `folder` whose name matches `pattern` (its `step` group a number), oldest
     step first."""
