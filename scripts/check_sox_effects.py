@@ -45,8 +45,7 @@ def run_sox(pcm16: np.ndarray, effects: list[str], workdir: Path) -> np.ndarray:
 
 def ours(pcm16: np.ndarray, chain: str) -> np.ndarray:
     """tera.effects' float32 output."""
-    return s3prl_effects(pcm16.astype(np.float32) / 32768, RATE,
-                         silence=chain == "ASV").numpy()
+    return s3prl_effects(pcm16.astype(np.float32) / 32768, silence=chain == "ASV").numpy()
 
 
 def compare(pcm16: np.ndarray, chain: str, workdir: Path) -> tuple[int, int, float, bool]:

@@ -30,11 +30,11 @@ def test_gain_matches_sox(sox_reference):
     wave = as_float(sox_reference["input"])
     expected = as_torchaudio(sox_reference["ks"])
     np.testing.assert_array_equal(gain(wave, -3.0).numpy(), expected)
-    np.testing.assert_array_equal(s3prl_effects(wave, RATE, silence=False).numpy(), expected)
+    np.testing.assert_array_equal(s3prl_effects(wave, silence=False).numpy(), expected)
 
 
 def test_silence_removal_matches_sox(sox_reference):
-    out = s3prl_effects(as_float(sox_reference["input"]), RATE, silence=True)
+    out = s3prl_effects(as_float(sox_reference["input"]), silence=True)
     expected = as_torchaudio(sox_reference["asv"])
     assert len(sox_reference["asv"]) < len(sox_reference["input"]) - RATE // 2  # it removes
     assert out.dtype == torch.float32 and out.shape == expected.shape
@@ -54,15 +54,15 @@ def test_remove_silence_after_float_gain_matches_sox(sox_reference):
 def test_all_silent_input_comes_out_empty():
     # sox returns no samples at all when nothing is ever loud for 0.1 s.
     silent = np.zeros(RATE, np.float32)
-    assert s3prl_effects(silent, RATE, silence=True).shape == (0,)
-    assert s3prl_effects(silent, RATE, silence=False).shape == (RATE,)
+    assert s3prl_effects(silent, silence=True).shape == (0,)
+    assert s3prl_effects(silent, silence=False).shape == (RATE,)
 
 
 @pytest.mark.parametrize("length, kept", [(200, 0), (1599, 0), (1600, 1600), (1601, 1601)])
 def test_loud_input_is_kept_only_from_a_tenth_of_a_second(length, kept):
     # Checked with sox 14.4.2: constant 0.5 for 1599 samples gives nothing, 1600 gives 1600;
     # 200 samples is shorter than the 320-sample RMS window as well.
-    out = s3prl_effects(np.full(length, 0.5, np.float32), RATE, silence=True)
+    out = s3prl_effects(np.full(length, 0.5, np.float32), silence=True)
     assert len(out) == kept
 
 
@@ -72,7 +72,7 @@ def tone(samples: int) -> np.ndarray:
 
 def test_pause_shorter_than_a_tenth_of_a_second_is_kept_whole():
     wave = np.concatenate([tone(3200), np.zeros(1200, np.float32), tone(3200)])
-    out = s3prl_effects(wave, RATE, silence=True).numpy()
+    out = s3prl_effects(wave, silence=True).numpy()
     np.testing.assert_array_equal(out, gain(wave, -3.0).numpy())
 
 
@@ -80,14 +80,14 @@ def test_long_pause_is_removed_but_for_the_rms_windows_tail():
     # The 20 ms RMS window stays loud for under 320 samples into the pause; the rest goes.
     pause = 8000
     wave = np.concatenate([tone(3200), np.zeros(pause, np.float32), tone(3200)])
-    removed = len(wave) - len(s3prl_effects(wave, RATE, silence=True))
+    removed = len(wave) - len(s3prl_effects(wave, silence=True))
     assert pause - 320 < removed <= pause
 
 
 def test_torch_and_numpy_inputs_agree(sox_reference):
     wave = as_float(sox_reference["input"][:8000])
-    from_numpy = s3prl_effects(wave, RATE, silence=True)
-    from_torch = s3prl_effects(torch.from_numpy(wave), RATE, silence=True)
+    from_numpy = s3prl_effects(wave, silence=True)
+    from_torch = s3prl_effects(torch.from_numpy(wave), silence=True)
     assert torch.equal(from_numpy, from_torch)
 
 

@@ -23,6 +23,9 @@ FULL_SCALE = 2**31  # sox's 32-bit sample: float 1.0 is 2**31
 SAMPLE_MAX = 2**31 - 1
 SAMPLE_MIN = -(2**31)
 S3PRL_GAIN_DB = -3.0
+S3PRL_SILENCE_DURATION_S = 0.1
+S3PRL_SILENCE_THRESHOLD_PERCENT = 0.1
+S3PRL_RATE = 16000
 
 
 # --- public API ------------------------------------------------------------------------------
@@ -34,18 +37,21 @@ def gain(wave: torch.Tensor | np.ndarray, db: float) -> torch.Tensor:
     return _to_float(_gain_samples(_to_samples(wave), db))
 
 
-def remove_silence(wave: torch.Tensor | np.ndarray, rate: int = 16000, *,
-                   duration: float = 0.1, threshold_percent: float = 0.1) -> torch.Tensor:
+def remove_silence(wave: torch.Tensor | np.ndarray, rate: int = S3PRL_RATE, *,
+                   duration: float = S3PRL_SILENCE_DURATION_S,
+                   threshold_percent: float = S3PRL_SILENCE_THRESHOLD_PERCENT) -> torch.Tensor:
     """sox's `silence 1 DURATION THRESHOLD% -1 DURATION THRESHOLD%` on a mono wave.
 
-    The rule (sox 14.4.2, `src/silence.c`; unchanged since), for a wave of 32-bit samples:
+    The rule of sox 14.4.2's `silence` effect (the sox torchaudio builds; later sources have
+    the same), for a wave of 32-bit samples:
 
     - Loudness is the RMS of a 20 ms window ending at the current sample (`rate // 50`
       samples; samples from before the last restart count as zeros, and the sum is always
       divided by the full window size), truncated to an integer. A sample is *loud* when
       that RMS exceeds `threshold_percent` of 2**31 - 1.
     - Start: drop everything up to the first run of `duration` seconds of consecutive loud
-      samples (`round(rate * duration)` samples); output starts with that run.
+      samples (`round(rate * duration)` samples, at least one window); output starts with
+      that run.
     - Middle: copy samples; a run of quiet samples shorter than `duration` is kept whole.
       When the quiet run reaches `duration`, those samples are dropped, the RMS window is
       emptied and the start rule applies again from the next sample: everything is dropped
@@ -55,23 +61,27 @@ def remove_silence(wave: torch.Tensor | np.ndarray, rate: int = 16000, *,
 
     So audio with no `duration` of loud samples (all silent, or shorter than `duration`)
     comes out empty, as it does from sox. sox keeps the window's running sum in floating
-    point; here it is exact, which can only differ when an RMS lies within about 1e-2 of an
-    integer step of the threshold. `wave` is taken to be the level sox would see, i.e. after
-    `gain` in s3prl's chain (there the threshold is relative to the attenuated signal, and
-    sox sees 32-bit precision, so it masks no low bits). Returns 1-D float32.
+    point; here it is exact, which can only matter for an RMS within rounding error of the
+    threshold. `wave` is taken at the level sox sees, i.e. after `gain` in s3prl's chain: the
+    threshold is relative to the attenuated signal, and after a gain sox's samples have full
+    32-bit precision, so no low bits are masked. Called on `gain`'s float32 output the samples
+    are rounded to float32 in between; `s3prl_effects` keeps them exact. Returns 1-D float32.
     """
     samples = _to_samples(wave)
     keep = _loud_segments(samples, rate, duration, threshold_percent)
     return _to_float(_concatenate(samples, keep))
 
 
-def s3prl_effects(wave: torch.Tensor | np.ndarray, rate: int = 16000, *,
-                  silence: bool) -> torch.Tensor:
-    """s3prl's chain on a 16 kHz mono wave: `gain -3.0`, then, when `silence` (VoxCeleb1),
-    `silence 1 0.1 0.1% -1 0.1 0.1%` on the attenuated 32-bit samples. 1-D float32."""
+def s3prl_effects(wave: torch.Tensor | np.ndarray, *, silence: bool) -> torch.Tensor:
+    """s3prl's chain on a 16 kHz mono wave (as `tera.audio.load_audio` returns it):
+    `gain -3.0`, then, when `silence` (VoxCeleb1), `silence 1 0.1 0.1% -1 0.1 0.1%` on the
+    attenuated 32-bit samples. 1-D float32, equal to what torchaudio's `apply_effects_file`
+    returns for a 16 kHz mono file."""
     samples = _gain_samples(_to_samples(wave), S3PRL_GAIN_DB)
     if silence:
-        samples = _concatenate(samples, _loud_segments(samples, rate, 0.1, 0.1))
+        kept = _loud_segments(samples, S3PRL_RATE, S3PRL_SILENCE_DURATION_S,
+                              S3PRL_SILENCE_THRESHOLD_PERCENT)
+        samples = _concatenate(samples, kept)
     return _to_float(samples)
 
 
