@@ -177,6 +177,9 @@ def _run_study(spec: DictConfig, out: Path, jobs: int | None, seed_list: list[in
              f"updates for the 100 % model at the full budget",
              "metrics in %; PER/WER/EER lower is better, accuracies higher is better; ASV "
              "checkpoints selected on dev trials",
+             "recipe profile of each task (docs/superb.md): " + ", ".join(
+                 f"{task} {profile}" for task, profile in
+                 task_profiles(out, upstreams[0], tasks).items()),
              f"seeds: {len(seed_list)} (downstream --seed {FIRST_SEED}"
              + (f"..{FIRST_SEED + len(seed_list) - 1}" if len(seed_list) > 1 else "")
              + ("; each seed pre-trains its own models" if seed_pretraining and
@@ -199,6 +202,13 @@ def study_upstreams(spec: DictConfig, out: Path, runs: list[PretrainRun], seeds:
             upstreams.append(Upstream("random TERA (100 %)", "tera2",
                                       str(save_random_model(spec, folder, source)), seed))
     return upstreams
+
+
+def task_profiles(out: Path, upstream: Upstream, tasks: list[str]) -> dict[str, str]:
+    """The recipe profile each task ran with ("embedded" or "real": s3prl's settings), as
+    the runs of `upstream` recorded it."""
+    return {task: read_result(expdir(out, upstream.label, task, upstream.seed)
+                              ).extra.get("profile", "not recorded") for task in tasks}
 
 
 def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]

@@ -7,11 +7,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tera import effects
-from tera.audio import SAMPLE_RATE, load_audio
+from tera.audio import load_audio
 from tera.errors import UserError
 from tera.runs.files import read_json
 
@@ -58,20 +57,21 @@ def read_segment(utt: Utterance) -> torch.Tensor:
     wave = load_audio(utt.path)
     end = None if utt.num_samples is None else utt.offset + utt.num_samples
     wave = apply_effects(wave[utt.offset : end], utt.gain_db, utt.trim_silence)
+    if len(wave) == 0:
+        raise UserError(f"{utt.path}: silent throughout: nothing is left after sox's silence "
+                        "removal")
     if utt.crop is not None:
         wave = random_crop(wave, *utt.crop)
     return wave
 
 
 def apply_effects(wave: torch.Tensor, gain_db: float, trim_silence: bool) -> torch.Tensor:
-    if not gain_db and not trim_silence:
-        return wave
-    samples = wave.numpy()
+    """s3prl's sox effects (`tera.effects`): a gain, then silence removal."""
+    if gain_db == effects.S3PRL_GAIN_DB:  # s3prl's chain, on exact 32-bit samples
+        return effects.s3prl_effects(wave, silence=trim_silence)
     if gain_db:
-        samples = effects.gain(samples, gain_db)
-    if trim_silence:
-        samples = effects.remove_silence(samples, SAMPLE_RATE)
-    return torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        wave = effects.gain(wave, gain_db)
+    return effects.remove_silence(wave) if trim_silence else wave
 
 
 def random_crop(wave: torch.Tensor, max_samples: int, seed: int) -> torch.Tensor:
