@@ -3,7 +3,8 @@
 
 Phone transcripts (for phoneme recognition) come from `<speaker>-<chapter>.phones.txt` when
 the folder has one (the embedded corpus writes the phones its engine spoke), else from the
-CMU pronouncing dictionary (see `tera.corpora.lexicon`).
+pronunciations of the words: stressed ARPAbet from the LibriSpeech lexicon beside the corpus,
+CMUdict or a grapheme-to-phoneme model (see `tera.corpora.lexicon`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ def load_split(root: str | Path, split: str, *, with_phones: bool = False,
             if audio.stem not in lines:
                 problem(problems, f"{audio}: no line for {audio.stem} in {trans.name}")
     if with_phones and any(u.phones is None for u in utterances):
-        from tera.corpora.lexicon import add_lexicon_phones
+        from tera.corpora.lexicon import add_lexicon_phones, find_lexicon
 
-        utterances = add_lexicon_phones(utterances)
+        utterances = add_lexicon_phones(utterances, find_lexicon(root))
     return utterances
 
 

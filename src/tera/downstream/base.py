@@ -55,6 +55,11 @@ class Task:
     def load_state(self, state: dict) -> None:
         self.labels = list(state["labels"])
 
+    def batches(self, sizes: list[int], shuffle: bool, seed: int) -> list[list[int]] | None:
+        """The training batches (indices) of utterances of `sizes` samples, or None for the
+        runner's batches bounded by total length."""
+        return None
+
     def build_head(self, dim: int) -> nn.Module:
         raise NotImplementedError
 

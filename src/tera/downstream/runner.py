@@ -187,8 +187,10 @@ class Run:
 
     def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
         sizes = [segment_samples(u) for u in utts]
-        order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,
-                                  self.seed * 1000 + epoch)
+        seed = self.seed * 1000 + epoch
+        order = self.task.batches(sizes, shuffle, seed)
+        if order is None:
+            order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle, seed)
         return [[utts[i] for i in batch] for batch in order]
 
     # --- checkpoints ----------------------------------------------------------------------
