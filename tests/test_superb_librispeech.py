@@ -103,6 +103,25 @@ def test_pr_head_is_s3prls_size(tmp_path):
     assert trainable(pr.build_head(384)) == expected == 117_578
 
 
+def test_asr_dropout_follows_every_bilstm_layer_the_last_included(tmp_path):
+    small = ["downstream_expert.modelrc.hidden_size=8", "downstream_expert.modelrc.project_dim=8",
+             "downstream_expert.modelrc.dropout=0.5"]
+    head = task("asr", tmp_path, small).build_head(6)
+    reaching_output = []
+    head.output.register_forward_hook(lambda _m, inputs, _o: reaching_output.append(inputs[0]))
+    x, lengths = torch.randn(3, 50, 6), torch.tensor([50, 40, 30])
+    torch.manual_seed(0)
+    head(x, lengths)
+    head.eval()
+    head(x, lengths)
+    dropped = (reaching_output[0] == 0).float().mean()
+    assert 0.4 < dropped < 0.6 and not (reaching_output[1] == 0).any()
+    # s3prl's per-layer flags: a layer norm and a tanh projection after each layer
+    flagged = task("asr", tmp_path, [*small, "downstream_expert.modelrc.layer_norm=true",
+                                     "downstream_expert.modelrc.proj=true"]).build_head(6)
+    assert trainable(flagged) - trainable(head) == 2 * (2 * 16 + linear(16, 16))
+
+
 def test_embedded_profiles_keep_their_own_heads(tmp_path):
     cfg = load_recipe("pr", None, "embedded", [])
     pr = PrTask(tmp_path, OmegaConf.to_container(cfg.downstream_expert))
@@ -181,7 +200,7 @@ def test_asr_run_augments_training_batches_not_evaluation(libri_root, tmp_path, 
 
     def spy(self, x, lengths):
         out = forward(self, x, lengths)
-        seen.append((self.training, not torch.equal(out, x)))
+        seen.append((self.training, not torch.equal(out, x), x.size(0)))
         return out
 
     monkeypatch.setattr(SpecAugment, "forward", spy)
@@ -189,8 +208,10 @@ def test_asr_run_augments_training_batches_not_evaluation(libri_root, tmp_path, 
         "runner.total_steps=3", "runner.eval_step=3", "runner.save_step=3",
         "runner.log_step=3", "downstream_expert.modelrc.hidden_size=16",
         "downstream_expert.modelrc.project_dim=16", "downstream_expert.datarc.batch_size=4"])
-    assert {changed for training, changed in seen if training} == {True}
-    assert {changed for training, changed in seen if not training} == {False}
+    assert {changed for training, changed, _ in seen if training} == {True}
+    assert {changed for training, changed, _ in seen if not training} == {False}
+    # buckets of 4 utterances, halved: every utterance is longer than 2000 samples
+    assert {size for training, _, size in seen if training} == {2}
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["value"] == results["value"] and written["split"] == "test-clean"
     assert (tmp_path / "dev-clean-best.ckpt").is_file()
