@@ -18,6 +18,7 @@ from tera.downstream.buckets import utterance_batches
 from tera.downstream.pr import PrTask
 from tera.downstream.runner import load_recipe, run
 from tera.downstream.specaugment import SpecAugment, time_warp
+from tera.errors import UserError
 
 from .paths import FLAC
 
@@ -158,6 +159,18 @@ def test_pr_targets_are_stressed_tokens_from_the_lexicon_then_g2p(libri_root):
     pr = task("pr", libri_root)
     target = pr.targets(phones["THE RIVER"])
     assert [pr.labels[i] for i in target] == ["DH", "AH0", "R", "IH1", "V", "ER0", "<eos>"]
+
+
+def test_pr_reads_the_lexicon_files_its_recipe_names(libri_root, tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("RIVER R IH2 V ER0\n")
+    second.write_text("RIVER R IY1 V ER0\nQUIET K W AY1 AH0 T\n")
+    pr = task("pr", libri_root, [f"downstream_expert.datarc.lexicon=[{first},{second}]"])
+    phones = {u.text: u.phones for u in pr.examples("dev-clean")}
+    assert phones["THE SILVER RIVER"][-4:] == ("R", "IH2", "V", "ER0")
+    with pytest.raises(UserError, match="nowhere.txt: no such lexicon file"):
+        task("pr", libri_root, ["downstream_expert.datarc.lexicon=[nowhere.txt]"]).examples(
+            "dev-clean")
 
 
 def test_the_g2p_model_gives_cmudict_pronunciations_back():

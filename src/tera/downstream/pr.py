@@ -3,6 +3,8 @@ edit distance over phone tokens."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from tera.corpora import librispeech
@@ -40,7 +42,11 @@ class PrTask(Task):
     name, metric = "pr", "per"
 
     def examples(self, split):
-        return librispeech.load_split(self.root, split, with_phones=True)
+        # `datarc.lexicon`: lexicon files (s3prl's `corpus.lexicon`), else the one beside
+        # the corpus
+        lexicons = self.cfg.get("datarc", {}).get("lexicon")
+        return librispeech.load_split(self.root, split, with_phones=True, lexicons=None
+                                      if lexicons is None else [Path(p) for p in lexicons])
 
     @property
     def uses_phoneme_txt(self) -> bool:
