@@ -128,11 +128,14 @@ def test_embedded_profiles_keep_their_own_heads(tmp_path):
     pr = PrTask(tmp_path, OmegaConf.to_container(cfg.downstream_expert))
     pr.labels = ["<blank>", "AA", "B"]
     assert trainable(pr.build_head(384)) == linear(384, 3)
+    assert load_recipe("pr", None, "embedded", []).runner.gradient_accumulate_steps == 1
     cfg = load_recipe("asr", None, "embedded", [])
     asr = AsrTask(tmp_path, OmegaConf.to_container(cfg.downstream_expert))
     asr.labels = ["<blank>", " ", "A"]
-    assert asr.build_head(384).specaugment is None
+    head = asr.build_head(384)
+    assert head.specaugment is None and not head.dropout_after_each_layer
     assert asr.batches([32000] * 4, True, 0) is None and cfg.runner.batch_samples
+    assert [asr.labels[i] for i in asr.targets("A A")] == ["A", " ", "A"]
 
 
 # --- targets ---------------------------------------------------------------------------------
