@@ -161,7 +161,7 @@ def test_hand_built_librispeech_tree(tmp_path):
         "6313-76958-0021 KEEP A GOING AN IF YOU'RE LUCKY YOU'LL RUN PLUMB INTO THEM XYZZY\n")
     (utt,) = librispeech.load_split(tmp_path, "dev-clean", with_phones=True)
     assert utt.speaker == "6313" and utt.text.startswith("KEEP A GOING")
-    assert utt.phones[:4] == ("K", "IY", "P", "AH")  # KEEP A, stress digits removed
+    assert utt.phones[:4] == ("K", "IY1", "P", "AH0")  # KEEP A, with stress (as s3prl)
     assert len(read_segment(utt)) == 190800
 
     (chapter / "6313-76958-0022.flac").write_bytes((chapter / "6313-76958-0021.flac").read_bytes())
@@ -173,10 +173,10 @@ def test_hand_built_librispeech_tree(tmp_path):
         librispeech.load_split(tmp_path, "dev-clean")
 
 
-def test_out_of_lexicon_words_are_spelled():
-    phones, known = word_phones("QWXZ")
-    assert not known
-    assert phones == sum((word_phones(letter)[0] for letter in "qwxz"), [])
+def test_out_of_lexicon_words_are_pronounced_not_spelled():
+    phones, source = word_phones("QWXZ")
+    assert source == "g2p" and phones
+    assert phones != sum((word_phones(letter)[0] for letter in "qwxz"), [])
 
 
 def _tone(path, seconds=1.0, rate=16000):

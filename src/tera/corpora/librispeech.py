@@ -3,7 +3,8 @@
 
 Phone transcripts (for phoneme recognition) come from `<speaker>-<chapter>.phones.txt` when
 the folder has one (the embedded corpus writes the phones its engine spoke), else from the
-CMU pronouncing dictionary (see `tera.corpora.lexicon`).
+pronunciations of the words: stressed ARPAbet from the LibriSpeech lexicon beside the corpus,
+CMUdict or a grapheme-to-phoneme model (see `tera.corpora.lexicon`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ AUDIO_EXTENSIONS = (".flac", ".wav")
 
 
 def load_split(root: str | Path, split: str, *, with_phones: bool = False,
-               problems: list[str] | None = None) -> list[Utterance]:
-    """Every utterance of `ROOT/split` with its transcript (and phones if asked).
+               lexicons: list[Path] | None = None, problems: list[str] | None = None
+               ) -> list[Utterance]:
+    """Every utterance of `ROOT/split` with its transcript (and phones if asked: pronounced
+    with `lexicons`, by default the LibriSpeech lexicon beside the corpus).
 
     A malformed line, a duplicate utterance id or a missing audio file raises `UserError`;
     with a `problems` list, each is added there instead and the rest is still read."""
@@ -51,9 +54,10 @@ def load_split(root: str | Path, split: str, *, with_phones: bool = False,
             if audio.stem not in lines:
                 problem(problems, f"{audio}: no line for {audio.stem} in {trans.name}")
     if with_phones and any(u.phones is None for u in utterances):
-        from tera.corpora.lexicon import add_lexicon_phones
+        from tera.corpora.lexicon import add_lexicon_phones, find_lexicon
 
-        utterances = add_lexicon_phones(utterances)
+        utterances = add_lexicon_phones(
+            utterances, find_lexicon(root) if lexicons is None else lexicons)
     return utterances
 
 

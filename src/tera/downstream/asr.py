@@ -1,5 +1,6 @@
-"""ASR (SUPERB): projection + 2-layer BiLSTM + CTC over characters, greedy decoding, WER on
-LibriSpeech (train-clean-100 / dev-clean / test-clean, or the embedded train/dev/test)."""
+"""ASR (SUPERB): [SpecAugment] + projection + 2-layer BiLSTM + CTC over characters, greedy
+decoding, WER on LibriSpeech (train-clean-100 / dev-clean / test-clean, or the embedded
+train/dev/test)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,70 @@ from torch import nn
 from tera.corpora import librispeech
 from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
 from tera.downstream.bootstrap import Items
+from tera.downstream.buckets import utterance_batches
 from tera.downstream.metrics import word_errors
+from tera.downstream.specaugment import SpecAugment, build_specaugment
 
 
 class BiLstmCtcHead(nn.Module):
+    """[SpecAugment ->] projection -> BiLSTM layers -> linear, log-softmax.
+
+    `dropout_after_each_layer` places dropout as s3prl's RNNs module does (after every layer,
+    the last included, after the optional layer norm and before the optional tanh
+    projection); otherwise it sits between layers, as in `nn.LSTM`."""
+
     def __init__(self, dim: int, vocab: int, project: int, hidden: int, layers: int,
-                 dropout: float) -> None:
+                 dropout: float, *, dropout_after_each_layer: bool = False,
+                 layer_norm: bool = False, proj: bool = False,
+                 specaugment: SpecAugment | None = None) -> None:
         super().__init__()
+        self.specaugment = specaugment
         self.project = nn.Linear(dim, project)
         self.lstm = nn.LSTM(project, hidden, num_layers=layers, bidirectional=True,
                             batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.dropout_after_each_layer, self.dropout = dropout_after_each_layer, dropout
+        if layer_norm:
+            self.layer_norms = nn.ModuleList(nn.LayerNorm(2 * hidden) for _ in range(layers))
+        if proj:
+            self.projections = nn.ModuleList(nn.Linear(2 * hidden, 2 * hidden)
+                                             for _ in range(layers))
         self.output = nn.Linear(2 * hidden, vocab)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x `[batch, frame, dim]`, lengths `[batch]` -> log-probabilities `[batch, frame,
         vocab]` (padding frames: don't care)."""
-        return self.output(bidirectional_lstm(self.lstm, self.project(x), lengths)
-                           ).log_softmax(-1)
+        if self.specaugment is not None:
+            x = self.specaugment(x, lengths)
+        flip = Reversal(lengths.to(x.device), x.size(1))
+        x = self.project(x)
+        for layer in range(self.lstm.num_layers):
+            if layer > 0 and not self.dropout_after_each_layer:
+                x = F.dropout(x, self.lstm.dropout, self.lstm.training)
+            x = lstm_layer(self.lstm, layer, x, flip)
+            if self.dropout_after_each_layer:
+                x = self._after_layer(layer, x)
+        return self.output(x).log_softmax(-1)
+
+    def _after_layer(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "layer_norms"):
+            x = self.layer_norms[layer](x)
+        x = F.dropout(x, self.dropout, self.training)
+        if hasattr(self, "projections"):
+            x = torch.tanh(self.projections[layer](x))
+        return x
+
+
+class Reversal:
+    """Reverses each utterance's valid frames of `[batch, frame, ...]` in place (padding
+    stays at the end): what the backward direction of a packed BiLSTM sees."""
+
+    def __init__(self, lengths: torch.Tensor, frames: int) -> None:
+        steps = torch.arange(frames, device=lengths.device)
+        inside = steps < lengths[:, None]
+        self.index = torch.where(inside, lengths[:, None] - 1 - steps, steps).unsqueeze(-1)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return y.gather(1, self.index.expand_as(y))
 
 
 def bidirectional_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -37,51 +85,84 @@ def bidirectional_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) ->
     PyTorch's generic CPU path, whose backward re-fills a full-size gradient buffer at every
     time step: a 2 x 128 BiLSTM step on 6 x 3.3 s of 100 Hz features took 0.43 s; unpacked
     runs take oneDNN's kernels, 0.07 s here."""
-    frames = torch.arange(x.size(1), device=x.device)
-    inside = frames < lengths.to(x.device)[:, None]
-    reverse = torch.where(inside, lengths.to(x.device)[:, None] - 1 - frames, frames)
-    reverse = reverse.unsqueeze(-1)
-
-    def flip(y: torch.Tensor) -> torch.Tensor:
-        return y.gather(1, reverse.expand_as(y))
-
-    zeros = x.new_zeros(1, x.size(0), lstm.hidden_size)
+    flip = Reversal(lengths.to(x.device), x.size(1))
     for layer in range(lstm.num_layers):
         if layer > 0:
             x = F.dropout(x, lstm.dropout, lstm.training)
-        directions = []
-        for suffix, inputs in (("", x), ("_reverse", flip(x))):
-            weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            out, _, _ = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0,
-                                   lstm.training, False, True)
-            directions.append(out if suffix == "" else flip(out))
-        x = torch.cat(directions, -1)
+        x = lstm_layer(lstm, layer, x, flip)
     return x
 
 
+def lstm_layer(lstm: nn.LSTM, layer: int, x: torch.Tensor, flip: Reversal) -> torch.Tensor:
+    """Layer `layer` of bidirectional `lstm` over `x` `[batch, frame, dim]` (see
+    `bidirectional_lstm`) -> `[batch, frame, 2 * hidden]`."""
+    zeros = x.new_zeros(1, x.size(0), lstm.hidden_size)
+    directions = []
+    for suffix, inputs in (("", x), ("_reverse", flip(x))):
+        weights = [getattr(lstm, f"{name}_l{layer}{suffix}")
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        out, _, _ = torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0,
+                               lstm.training, False, True)
+        directions.append(out if suffix == "" else flip(out))
+    return torch.cat(directions, -1)
+
+
+# s3prl's `asr/char.dict` (a fairseq dictionary): its 28 symbols in the file's order (most
+# frequent first; `|` ends every word), after fairseq's four specials: 32 outputs. The CTC
+# blank is `<s>` (index 0); targets end with `</s>`.
+FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+CHAR_DICT = tuple("| E T A O N I H S R D L U M C W F G Y P B V K ' X J Q Z".split())
+WORD_END, END, UNKNOWN = "|", "</s>", "<unk>"
+
+
 class AsrTask(Task):
+    """`datarc.vocabulary`: `char.dict` (s3prl's dictionary and target form) or `learned`
+    (the characters of the training transcripts, space included, after a blank)."""
+
     name, metric, best_name = "asr", "wer", "dev-clean-best.ckpt"
 
     def examples(self, split: str):
         return librispeech.load_split(self.root, split)
 
+    @property
+    def uses_char_dict(self) -> bool:
+        return self.cfg.get("datarc", {}).get("vocabulary", "learned") == "char.dict"
+
     def prepare(self, train) -> None:
-        self.labels = ["<blank>"] + librispeech.characters(train)
+        if self.uses_char_dict:
+            self.labels = [*FAIRSEQ_SPECIALS, *CHAR_DICT]
+        else:
+            self.labels = ["<blank>"] + librispeech.characters(train)
+
+    def batches(self, sizes, shuffle, seed):
+        # evaluation keeps the runner's batches: the head's output does not depend on them
+        return utterance_batches(sizes, self.cfg.get("datarc", {}), shuffle, seed) \
+            if shuffle else None
 
     def build_head(self, dim: int) -> nn.Module:
         m = self.cfg["modelrc"]
         return BiLstmCtcHead(dim, len(self.labels), m["project_dim"], m["hidden_size"],
-                             m["num_layers"], m["dropout"])
+                             m["num_layers"], m["dropout"],
+                             dropout_after_each_layer=m.get("dropout_after_each_layer", False),
+                             layer_norm=m.get("layer_norm", False), proj=m.get("proj", False),
+                             specaugment=build_specaugment(self.cfg.get("specaug")))
+
+    def targets(self, text: str) -> list[int]:
+        """The CTC target of a transcript."""
+        index = {c: i for i, c in enumerate(self.labels)}
+        if not self.uses_char_dict:
+            return [index[c] for c in text if c in index]
+        symbols = [*WORD_END.join(text.upper().split()), WORD_END]
+        return [index.get(c, index[UNKNOWN]) for c in symbols] + [index[END]]
 
     def loss(self, head, x, lengths, utts):
-        index = {c: i for i, c in enumerate(self.labels)}
-        targets = [[index[c] for c in u.text if c in index] for u in utts]
-        return ctc_loss(head(x, lengths), lengths, targets)
+        return ctc_loss(head(x, lengths), lengths, [self.targets(u.text) for u in utts])
 
     def predict(self, head, x, lengths):
         decoded = greedy_ctc(head(x, lengths), lengths)
-        return [" ".join("".join(self.labels[t] for t in seq).split()) for seq in decoded]
+        spaces = WORD_END if self.uses_char_dict else " "
+        return [" ".join("".join(self.labels[t] for t in seq if self.labels[t] != END)
+                         .replace(spaces, " ").split()) for seq in decoded]
 
     def score(self, utts, predictions, split):  # noqa: ARG002
         lines = [f"{u.id}\tREF: {u.text}\tHYP: {h}" for u, h in zip(utts, predictions)]
