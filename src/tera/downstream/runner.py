@@ -277,21 +277,29 @@ class Run:
         total, accumulate = int(runner.total_steps), int(runner.gradient_accumulate_steps)
         bar = tqdm(total=total, initial=self.step, desc=f"{self.task.name} train", unit="step",
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        epoch, losses = 0, []
+        epoch, losses, pending = 0, [], 0
         self.head.train()
         while self.step < total:
             epoch += 1
             torch.manual_seed(self.seed * 7919 + epoch)
-            for number, batch in enumerate(self._epoch(train, epoch)):
+            batches = self._epoch(train, epoch)
+            if not batches:
+                raise UserError(f"{self.root}: no {self.task.name} training utterances")
+            for batch in batches:
                 x, lengths = self.features(batch)
                 loss = self.task.loss(self.head, x, lengths, batch) / accumulate
                 loss.backward()
                 losses.append(loss.item() * accumulate)
-                if (number + 1) % accumulate:
+                pending += 1  # batches accumulated, counted across epochs as s3prl does
+                if pending < accumulate:
                     continue
+                pending = 0
                 params = list(self.featurizer.parameters()) + list(self.head.parameters())
-                torch.nn.utils.clip_grad_norm_(params, float(runner.gradient_clipping))
-                self.optimizer.step()
+                norm = torch.nn.utils.clip_grad_norm_(params, float(runner.gradient_clipping))
+                if torch.isfinite(norm):  # s3prl skips the update of a NaN gradient norm
+                    self.optimizer.step()
+                else:
+                    log({"step": self.step + 1, "skipped_update": 1})
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 bar.update(1)
