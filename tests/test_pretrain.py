@@ -299,7 +299,7 @@ def test_an_error_inside_a_dataloader_worker_is_the_same_one_line(manifest, tmp_
     wave = load_audio(FLAC).numpy()[:20000]
     for i in range(3):
         sf.write(audio / f"ok{i}.wav", wave, 16000, subtype="FLOAT")
-    wave[100] = np.nan
+    wave[10_000] = np.nan  # inside every 16000-sample crop: only the crop is decoded
     sf.write(audio / "nan.wav", wave, 16000, subtype="FLOAT")
     out = tmp_path / "manifest"
     write_manifest(audio, out, valid_percent=0.01, seed=0)

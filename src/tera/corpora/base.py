@@ -42,9 +42,7 @@ def problem(problems: list[str] | None, message: str) -> None:
 
 def read_segment(utt: Utterance) -> torch.Tensor:
     """The utterance's audio: 1-D float32 at 16 kHz (see `tera.audio.load_audio`)."""
-    wave = load_audio(utt.path)
-    end = None if utt.num_samples is None else utt.offset + utt.num_samples
-    return wave[utt.offset : end]
+    return load_audio(utt.path, start=utt.offset, samples=utt.num_samples)
 
 
 def tera_home() -> Path:

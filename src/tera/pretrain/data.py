@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tera.audio import audio_info, load_audio
+from tera.audio import audio_info, load_crop
 from tera.errors import UserError
 from tera.pretrain.file_check import check_audio_files
 from tera.runs.files import ensure_folder, write_text
@@ -115,14 +115,12 @@ class CroppedAudio(Dataset):
         return np.minimum(self.sizes, self.max_sample_size)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        wave = load_audio(self.root / self.files[index])
-        excess = len(wave) - self.max_sample_size
-        if excess <= 0:
-            return wave
-        start = 0
-        if self.random_crop:
-            start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
-        return wave[start : start + self.max_sample_size]
+        def start(excess: int) -> int:
+            if not self.random_crop:
+                return 0
+            return int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+
+        return load_crop(self.root / self.files[index], self.max_sample_size, start)
 
 
 @contextmanager
