@@ -24,12 +24,13 @@ from tera.corpora.base import (
     default_corpus_dir,
     is_embedded_corpus,
 )
+from tera.corpora.lengths import utterance_samples
 from tera.downstream import DEFAULT_SEED
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task
 from tera.downstream.bootstrap import interval, items_path, read_items, write_items
-from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
+from tera.downstream.features import FeatureCache, batches_by_length, pad_states
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
@@ -186,7 +187,7 @@ class Run:
         self.featurizer.set_statistics(mean, std)
 
     def batches(self, utts: list[Utterance], shuffle: bool, epoch: int = 0):
-        sizes = [segment_samples(u) for u in utts]
+        sizes = utterance_samples(utts).tolist()
         order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,
                                   self.seed * 1000 + epoch)
         return [[utts[i] for i in batch] for batch in order]
