@@ -12,6 +12,7 @@ from tera.audio import (
     compute_deltas,
     fbank,
     load_audio,
+    load_crop,
     mfcc,
     mfcc39,
     num_frames,
@@ -130,6 +131,41 @@ def test_other_rates_are_resampled(tmp_path):
     assert abs(len(wave) - 16000) <= 1
     spectrum = np.abs(np.fft.rfft(wave.numpy()))
     assert abs(np.argmax(spectrum) * 16000 / len(wave) - 300) < 2
+
+
+def test_spans_and_crops_decode_only_the_samples_they_return(tmp_path, monkeypatch):
+    """A span of a FLAC / WAV file at 16 kHz is the same samples as the whole file cut, and
+    only those are decoded (so a crop costs the same from a 10 s and a 20-minute file);
+    other rates and lossy files are decoded whole, then cut, to the same result."""
+    wave = load_audio(FLAC).numpy()
+    files = {"long.flac": (16000, np.tile(wave, 5)), "stereo.wav": (16000, None),
+             "narrow.flac": (8000, wave[::2]), "lossy.ogg": (16000, wave)}
+    for name, (rate, samples) in files.items():
+        if samples is None:
+            samples = np.stack([wave, wave[::-1]], axis=1)
+        sf.write(tmp_path / name, samples, rate)
+    decoded = []
+    read = sf.SoundFile.read
+
+    def counted_read(self, *args, **kwargs):
+        data = read(self, *args, **kwargs)
+        decoded.append(len(data))
+        return data
+
+    monkeypatch.setattr(sf.SoundFile, "read", counted_read)
+    for name in files:
+        whole = load_audio(tmp_path / name)
+        decoded.clear()
+        crop = load_crop(tmp_path / name, 4000, lambda excess: excess - 10)
+        assert torch.equal(crop, whole[len(whole) - 4010 : len(whole) - 10]), name
+        no_crop = load_crop(tmp_path / name, 10**8, lambda excess: pytest.fail("not too long"))
+        assert torch.equal(no_crop, whole), name
+        span = load_audio(tmp_path / name, start=123, samples=456)
+        assert torch.equal(span, whole[123:579]), name
+        if name.endswith(("long.flac", "stereo.wav")):
+            assert decoded == [4000, len(whole), 456], name
+        else:
+            assert decoded[0] > 4000, name
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "empty", "nan", "short"])

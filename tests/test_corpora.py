@@ -266,3 +266,52 @@ def test_speakers_of_different_splits_are_different_voices(tmp_path):
             voices[job.speaker.name] = job.speaker
         traits = {(s.voice, s.pitch, s.pitch_range, s.speed, s.warp) for s in voices.values()}
         assert len(traits) == len(voices) > 40, make.__name__
+
+
+def test_utterance_lengths_are_read_once_per_corpus(tmp_path, monkeypatch):
+    """Batching asks for every utterance's length at every epoch: the headers are read once
+    per process, and a later process (a resume, the next seed) reads only changed files."""
+    from pathlib import Path
+
+    from tera import audio
+    from tera.corpora import Utterance, lengths
+
+    monkeypatch.setenv("TERA_SPEECH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(300):  # hard links: many files for the price of one
+        (folder / f"u{i:03d}.flac").hardlink_to(FLAC)
+    wave = sf.read(FLAC, dtype="float32")[0]
+    sf.write(folder / "narrow.flac", wave[:8000], 8000)
+    utts = [Utterance(f"u{i}", folder / f"u{i:03d}.flac") for i in range(300)]
+    utts += [Utterance("n", folder / "narrow.flac"),
+             Utterance("cut", folder / "u000.flac", offset=100, num_samples=1234)]
+    reads = []
+    real_info = audio.audio_info
+
+    def counted_info(path):
+        reads.append(Path(path).name)
+        return real_info(path)
+
+    monkeypatch.setattr(audio, "audio_info", counted_info)
+
+    def epoch() -> list[int]:
+        reads.clear()
+        return lengths.utterance_samples(utts).tolist()
+
+    def new_process() -> None:
+        monkeypatch.setattr(lengths, "_samples", {})
+
+    new_process()
+    assert epoch() == [len(wave)] * 300 + [16000, 1234] and len(reads) == 301
+    assert epoch() == [len(wave)] * 300 + [16000, 1234] and reads == []
+    new_process()
+    assert epoch() == [len(wave)] * 300 + [16000, 1234] and reads == []
+    (folder / "u007.flac").unlink()
+    sf.write(folder / "u007.flac", wave[:5000], 16000)
+    new_process()
+    assert epoch()[5:9] == [len(wave), len(wave), 5000, len(wave)] and reads == ["u007.flac"]
+    (folder / "u008.flac").unlink()
+    new_process()
+    with pytest.raises(UserError, match="u008.flac: no such audio file"):
+        epoch()

@@ -241,6 +241,56 @@ def test_a_missing_audio_file_fails_before_the_first_update(manifest, tmp_path, 
     assert not (save_dir / "log.jsonl").exists()  # no update was made
 
 
+def test_the_file_check_reads_each_header_once_per_manifest_content(tmp_path, monkeypatch):
+    """Checking a 50k-line manifest again (a resume, another run on the same data) reads no
+    header; a replaced file, or one that failed, is read again, and only it."""
+    from tera import audio
+    from tera.pretrain.data import CroppedAudio
+    from tera.pretrain.file_check import record_path
+
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    source = tmp_path / "source.flac"
+    source.write_bytes(FLAC.read_bytes())
+    names = [f"{i:05d}.flac" for i in range(50_000)]
+    for name in names:  # hard links: 50k files for the price of one
+        os.link(source, folder / name)
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text("\n".join([str(folder), *(f"{name}\t40000" for name in names)]) + "\n")
+    source_info, real_info = audio.audio_info(source), audio.audio_info
+    reads = []
+
+    def counted_info(path):
+        reads.append(path.name)
+        same = path.is_file() and os.path.samefile(path, source)
+        return source_info if same else real_info(path)  # 50k real reads would take 20 s
+
+    monkeypatch.setattr(audio, "audio_info", counted_info)
+
+    def check() -> list[str]:
+        reads.clear()
+        CroppedAudio(manifest, 16000, 4000).check_files()
+        return sorted(reads)
+
+    assert len(check()) == 50_000 and record_path(manifest).is_file()
+    assert check() == []
+    (folder / names[7]).unlink()
+    sf.write(folder / names[7], load_audio(FLAC).numpy()[:20000], 16000, format="FLAC")
+    (folder / names[11]).unlink()
+    with pytest.raises(UserError, match=f"1 of the 50000 .*{names[11]}: no such audio file"):
+        check()
+    assert sorted(reads) == [names[7], names[11]]
+    with pytest.raises(UserError, match=names[11]):  # a failed file is not taken as passed
+        check()
+    assert reads == [names[11]]
+    os.link(source, folder / names[11])
+    assert check() == [names[11]]
+    assert check() == []
+    with open(manifest, "a") as f:  # another listing: everything again
+        f.write(f"{names[3]}\t40000\n")
+    assert len(check()) == 50_001
+
+
 def test_an_error_inside_a_dataloader_worker_is_the_same_one_line(manifest, tmp_path, capsys):
     """A file whose header is fine but whose samples are NaN fails only when read, in a
     worker process: the user still sees one line."""
@@ -249,7 +299,7 @@ def test_an_error_inside_a_dataloader_worker_is_the_same_one_line(manifest, tmp_
     wave = load_audio(FLAC).numpy()[:20000]
     for i in range(3):
         sf.write(audio / f"ok{i}.wav", wave, 16000, subtype="FLOAT")
-    wave[100] = np.nan
+    wave[10_000] = np.nan  # inside every 16000-sample crop: only the crop is decoded
     sf.write(audio / "nan.wav", wave, 16000, subtype="FLOAT")
     out = tmp_path / "manifest"
     write_manifest(audio, out, valid_percent=0.01, seed=0)

@@ -206,3 +206,31 @@ def test_seeds_that_disagree_widen_the_interval():
     agreeing = interval([middle, again])
     assert agreeing["high"] - agreeing["low"] < 1.5 * (one_test_set["high"] - one_test_set["low"])
 
+
+
+def test_a_voxceleb1_h_sized_interval_fits_in_bounded_memory():
+    """579,818 trials over 1,251 speakers must fit in 2 GB of address space; here a tenth
+    of the list (57,982 trials, 125 speakers) gets a tenth of it on top of what the
+    interpreter and numpy take before any work (weighting 200 resamples at once needs ~0.8 GB)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    script = """
+import resource
+from benchmarks.scale import trial_list
+status = open("/proc/self/status").read()
+before = int(status.split("VmSize:")[1].split()[0]) * 1024
+limit = before + 2 * 2**30 // 10
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from tera.downstream.bootstrap import interval
+record = interval([trial_list(57_982, 125)])
+print(record["units"], record["resamples"], record["low"] < record["high"])
+"""
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": path}, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["125", "1000", "True"]

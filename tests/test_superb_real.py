@@ -15,7 +15,7 @@ import torch
 
 from tera.audio import load_audio
 from tera.cli import main
-from tera.corpora import read_segment, speech_commands, voxceleb1
+from tera.corpora import lengths, read_segment, speech_commands, voxceleb1
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import count_parameters
 from tera.downstream.ks import KsTask
@@ -257,7 +257,8 @@ def test_asv_lengths_after_effects_are_measured_once(voxceleb_root, monkeypatch,
     monkeypatch.setenv("TERA_SPEECH_HOME", str(tmp_path))
     utts = real_task(AsvTask, "asv", voxceleb_root)._effects(
         voxceleb1.load_verification_train(voxceleb_root))
-    first = voxceleb1.processed_lengths(voxceleb_root, utts)
-    assert all(0 < n <= 4 * 16000 for n in first)
-    monkeypatch.setattr(voxceleb1, "read_segment", lambda utt: pytest.fail("decoded again"))
-    assert voxceleb1.processed_lengths(voxceleb_root, utts) == first
+    first = lengths.processed_samples(utts).tolist()
+    raw = lengths.utterance_samples(utts).tolist()
+    assert all(0 < n <= m for n, m in zip(first, raw)) and first != raw
+    monkeypatch.setattr(lengths, "read_segment", lambda utt: pytest.fail("decoded again"))
+    assert lengths.processed_samples(utts).tolist() == first

@@ -12,8 +12,10 @@ keeps us within float32 round-off of Kaldi even on near-silent bins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +48,68 @@ def audio_info(path: str | Path) -> tuple[int, int, int]:
     return info.frames, info.samplerate, info.channels
 
 
-def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1
-               ) -> torch.Tensor:
+def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1,
+               start: int = 0, samples: int | None = None) -> torch.Tensor:
     """Read any file soundfile reads as a float32 mono 1-D tensor at `sample_rate`.
 
     Several channels are averaged to mono; another rate is resampled with soxr (its "HQ"
-    quality). Missing, unreadable, empty, too short (under `min_samples` after resampling) or
-    non-finite audio raises `UserError` naming the file.
+    quality). `start` / `samples` ask for a span of the audio at `sample_rate` (all of it
+    from `start` when `samples` is None): from a WAV or FLAC file (or another PCM container)
+    at that rate only the span is decoded (a seek), so a span costs the same from a 10 s and
+    a 20-minute file; other files are decoded (and resampled) whole, then cut. Missing,
+    unreadable, empty, too short (under
+    `min_samples`) or non-finite audio raises `UserError` naming the file.
     """
+    with _opened(path) as sound:
+        return _decode(sound, Path(path), sample_rate, min_samples, start, samples)
+
+
+def load_crop(path: str | Path, max_samples: int, choose_start: Callable[[int], int]
+              ) -> torch.Tensor:
+    """At most `max_samples` samples of a file at 16 kHz: all of it when it is no longer,
+    else the span from `choose_start(excess)` (between 0 and `excess`, how many samples the
+    audio is too long). Only the span is decoded (see `load_audio`); the file is opened
+    once, its header giving the length."""
+    path = Path(path)
+    with _opened(path) as sound:
+        if sound.samplerate != SAMPLE_RATE or sound.format not in _EXACT_SEEK:
+            # decoded whole (see load_audio); a resampled file's length is known only then
+            wave = _decode(sound, path, SAMPLE_RATE, 1, 0, None)
+            excess = len(wave) - max_samples
+            start = choose_start(excess) if excess > 0 else 0
+            return wave[start : start + max_samples]
+        excess = sound.frames - max_samples
+        start = choose_start(excess) if excess > 0 else 0
+        return _decode(sound, path, SAMPLE_RATE, 1, start, max_samples)
+
+
+# containers whose seek lands on the exact sample (libsndfile's Vorbis / MP3 seeks can miss
+# near the end of a file: those are decoded whole, then cut)
+_EXACT_SEEK = {"WAV", "WAVEX", "FLAC", "AIFF", "W64", "RF64", "CAF", "AU"}
+
+
+@contextlib.contextmanager
+def _opened(path: str | Path) -> Iterator[sf.SoundFile]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such audio file")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        sound = sf.SoundFile(str(path))
+    except Exception as err:  # libsndfile reports every unreadable file as its own error
+        raise UserError(f"{path}: not a readable audio file ({_reason(err)})") from err
+    with sound:
+        yield sound
+
+
+def _decode(sound: sf.SoundFile, path: Path, sample_rate: int, min_samples: int, start: int,
+            samples: int | None) -> torch.Tensor:
+    """The span [start, start + samples) at `sample_rate` of an open file, checked."""
+    seek = sound.samplerate == sample_rate and sound.format in _EXACT_SEEK
+    try:
+        if seek and start:
+            sound.seek(min(start, sound.frames))
+        data = sound.read(samples if seek and samples is not None else -1,
+                          dtype="float32", always_2d=True)
     except Exception as err:
         raise UserError(f"{path}: not a readable audio file ({_reason(err)})") from err
     if data.size == 0:
@@ -66,8 +117,10 @@ def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, min_samples:
     if not np.isfinite(data).all():
         raise UserError(f"{path}: the audio contains NaN or infinite samples")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != sample_rate:
-        wave = resample(wave, rate, sample_rate)
+    if not seek:
+        if sound.samplerate != sample_rate:
+            wave = resample(wave, sound.samplerate, sample_rate)
+        wave = wave[start : None if samples is None else start + samples]
     if len(wave) < min_samples:
         raise UserError(
             f"{path}: too short: {len(wave)} samples at {sample_rate} Hz, "

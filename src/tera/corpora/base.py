@@ -54,9 +54,8 @@ def problem(problems: list[str] | None, message: str) -> None:
 def read_segment(utt: Utterance) -> torch.Tensor:
     """The utterance's audio: 1-D float32 at 16 kHz (see `tera.audio.load_audio`), with its
     effects applied and its crop drawn."""
-    wave = load_audio(utt.path)
-    end = None if utt.num_samples is None else utt.offset + utt.num_samples
-    wave = apply_effects(wave[utt.offset : end], utt.gain_db, utt.trim_silence)
+    wave = load_audio(utt.path, start=utt.offset, samples=utt.num_samples)
+    wave = apply_effects(wave, utt.gain_db, utt.trim_silence)
     if len(wave) == 0:
         raise UserError(f"{utt.path}: silent throughout: nothing is left after sox's silence "
                         "removal")

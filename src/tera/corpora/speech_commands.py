@@ -29,7 +29,7 @@ MAX_CLIPS_PER_CLASS = 2**27 - 1  # the dataset README's constant of its hash spl
 
 
 def load_split(root: str | Path, split: str, *, split_rule: str = "lists",
-               test_release: str = "required", gain_db: float = 0.0) -> list[Utterance]:
+               test_release: str = "optional", gain_db: float = 0.0) -> list[Utterance]:
     """The utterances of "train", "valid" or "test", each labelled with one of CLASSES.
 
     split_rule "hash": s3prl's split of the word folders by the hash of the speaker (10 %

@@ -7,16 +7,12 @@ held-out trials for choosing the ASV checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm import tqdm
-
-from tera.corpora.base import Utterance, problem, read_segment, tera_home
+from tera.corpora.base import Utterance, problem
 from tera.errors import UserError
-from tera.runs.files import read_json, write_json
 
 SPLIT_CODES = {"train": "1", "dev": "2", "test": "3"}
 TRIAL_LISTS = ("veri_test2.txt", "veri_test.txt", "veri_dev.txt")
@@ -121,27 +117,3 @@ def make_trials(utterances: list[Utterance], num_trials: int, seed: int = 0
 
 def with_effects(utt: Utterance, gain_db: float, trim_silence: bool) -> Utterance:
     return replace(utt, gain_db=gain_db, trim_silence=trim_silence)
-
-
-def processed_lengths(root: Path, utts: list[Utterance]) -> list[int]:
-    """Each utterance's length in samples after its effects (s3prl drops training
-    utterances under 2 s after silence removal). Decoding every file takes a while, so the
-    lengths are kept in a record under the tera-speech home, per corpus and effects, and a
-    file is measured again only when its size or time changed."""
-    effects = {(u.gain_db, u.trim_silence) for u in utts}
-    key = hashlib.sha256(repr((str(Path(root).resolve()), sorted(effects))).encode())
-    record_path = tera_home() / "lengths" / f"voxceleb1-{key.hexdigest()[:16]}.json"
-    record = read_json(record_path) if record_path.is_file() else {}
-    lengths, changed = [], False
-    for utt in tqdm(utts, desc="lengths after effects", unit="file", mininterval=5,
-                    disable=len(utts) < 1000):
-        stat = utt.path.stat()
-        stamp = [stat.st_size, stat.st_mtime_ns]
-        known = record.get(utt.id)
-        if known is None or known[:2] != stamp:
-            known = [*stamp, len(read_segment(utt))]
-            record[utt.id], changed = known, True
-        lengths.append(int(known[2]))
-    if changed:
-        write_json(record_path, record, indent=None)
-    return lengths

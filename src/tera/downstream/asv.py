@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tera.corpora import Utterance, voxceleb1
+from tera.corpora.lengths import processed_samples
 from tera.downstream.base import Scored, Task, am_softmax, with_crops
 from tera.downstream.bootstrap import Items
 from tera.downstream.embedded_heads import XVector
@@ -117,7 +118,7 @@ class AsvTask(Task):
         utts = self._effects(voxceleb1.load_verification_train(self.root))
         min_samples = int(self.cfg["datarc"].get("min_samples", 0))
         if min_samples:  # s3prl's vad_config.min_sec: lengths after the effects
-            lengths = voxceleb1.processed_lengths(self.root, utts)
+            lengths = processed_samples(utts).tolist()
             utts = [u for u, n in zip(utts, lengths) if n > min_samples]
         return utts
 

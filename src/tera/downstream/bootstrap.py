@@ -33,17 +33,25 @@ other: their runs share nothing but the number).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from tera.downstream.metrics import equal_error_rates
+from tera.downstream.metrics import RankedTrials, rank_trials, ranked_equal_error_rates
 
 LEVEL = 0.95
 RESAMPLES = 1000
 SEED = 0
-_CHUNK = 200  # resamples weighted at once (memory: chunk x items floats)
+# Resamples are weighted a chunk at a time: at most _CHUNK rows, fewer when the items are
+# many, so that a chunk's arrays (about _BYTES_PER_WEIGHT per row and item: the draws, the
+# weights and the EER's running sums) stay within MEMORY_BUDGET. Every resample is computed
+# on its own, so the chunking never changes a result.
+_CHUNK = 200
+_BYTES_PER_WEIGHT = 48
+MEMORY_BUDGET = 64 * 2**20
 
 # the columns of each kind of items file, in order; the first ones identify a row
 COLUMNS = {
@@ -97,17 +105,32 @@ class Items:
 
     def metric(self, weights: np.ndarray) -> np.ndarray:
         """The metric under each row of weights: `[rows, items]` -> `[rows]`."""
+        if self.kind == "eer":
+            return ranked_equal_error_rates(self._ranking, weights[:, self._ranking.order])
+        return self._rate(weights)
+
+    def resampled(self, draws: np.ndarray) -> np.ndarray:
+        """The metric under each row of unit draws (`[rows, units]`, see `weights`):
+        `[rows]`, with the weights built directly in the order the metric reads them."""
+        if self.kind == "eer":
+            return ranked_equal_error_rates(self._ranking, self._weights(draws, ranked=True))
+        return self._rate(self._weights(draws, ranked=False))
+
+    def _rate(self, weights: np.ndarray) -> np.ndarray:
         c = self.columns
         if self.kind == "error_rate":
             with np.errstate(invalid="ignore", divide="ignore"):
                 return (weights @ c["errors"].astype(float)) / (weights @ c["length"].astype(float))
-        if self.kind == "accuracy":
-            return (weights @ c["correct"].astype(float)) / weights.sum(1)
-        return equal_error_rates(c["label"], c["score"], weights)
+        return (weights @ c["correct"].astype(float)) / weights.sum(1)
 
     def units(self) -> tuple[int, np.ndarray, np.ndarray]:
         """(number of resampling units, unit of each item, second unit of each item or -1).
         A trial belongs to the speakers on its two sides."""
+        return self._units
+
+    @cached_property
+    def _units(self) -> tuple[int, np.ndarray, np.ndarray]:
+        # speakers are encoded once: every chunk of every resampling reuses the codes
         if self.kind != "eer":
             return len(self), np.arange(len(self)), np.full(len(self), -1)
         speakers, index = np.unique(np.concatenate([self.columns["enrol_speaker"],
@@ -116,15 +139,34 @@ class Items:
         first, second = index[: len(self)], index[len(self):]
         return len(speakers), first, np.where(first == second, -1, second)
 
+    @cached_property
+    def _ranking(self) -> RankedTrials:
+        return rank_trials(self.columns["label"], self.columns["score"])
+
+    @cached_property
+    def _ranked_units(self) -> tuple[np.ndarray, np.ndarray]:
+        _, first, second = self._units
+        return first[self._ranking.order], second[self._ranking.order]
+
     def weights(self, draws: np.ndarray) -> np.ndarray:
         """Item weights from unit draws (`[rows, units]`, how many times each unit was
         drawn): an item counts as often as its unit, a trial between two speakers as
         often as the pairs of their copies."""
-        _, first, second = self.units()
-        weights = draws[:, first].astype(float)
-        between = second >= 0
-        weights[:, between] *= draws[:, second[between]]
+        return self._weights(draws, ranked=False)
+
+    def _weights(self, draws: np.ndarray, ranked: bool) -> np.ndarray:
+        if self.kind != "eer":
+            return draws.astype(float)
+        first, second = self._ranked_units if ranked else self._units[1:]
+        # one extra unit drawn once stands for "no second speaker": multiplying by it is exact
+        counts = np.hstack([draws.astype(float), np.ones((len(draws), 1))])
+        weights = np.take(counts, first, axis=1)
+        weights *= np.take(counts, second, axis=1)
         return weights
+
+    def rows_per_chunk(self) -> int:
+        """How many resamples to weight at once within MEMORY_BUDGET."""
+        return int(np.clip(MEMORY_BUDGET // (len(self) * _BYTES_PER_WEIGHT), 1, _CHUNK))
 
 
 def items_path(folder: str | Path, split: str) -> Path:
@@ -175,36 +217,47 @@ def read_items(path: Path) -> Items:
 def draw_units(items: Items, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """`[resamples, units]`: how many times each resampling unit is drawn, each row S draws
     with replacement from the S units."""
-    count, _, _ = items.units()
-    return np.random.default_rng(seed).multinomial(count, np.full(count, 1.0 / count),
-                                                   size=resamples)
+    return np.concatenate(list(_draw_chunks(items, resamples, seed, resamples)))
 
 
-def replicates(runs: list[Items], draws: np.ndarray, seed: int = SEED) -> np.ndarray:
-    """`[resamples]`: the metric of each resample, averaged over the runs (seeds) of one
-    upstream: every run weighted by the same item draw, the runs themselves drawn with
-    replacement (`seed` seeds that draw; one run: no draw)."""
+def _draw_chunks(items: Items, resamples: int, seed: int, rows: int) -> Iterator[np.ndarray]:
+    """`draw_units` a chunk of rows at a time (the same draws: the generator fills the rows
+    one after another, however many are asked at once)."""
+    count = items.units()[0]
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, rows):
+        yield rng.multinomial(count, np.full(count, 1.0 / count),
+                              size=min(rows, resamples - start))
+
+
+def replicates(runs: list[Items], resamples: int = RESAMPLES, seed: int = SEED,
+               pick_seed: int | None = None) -> np.ndarray:
+    """`[resamples]`: the metric of each resample (the units drawn by `seed`), averaged over
+    the runs (seeds) of one upstream: every run weighted by the same item draw, the runs
+    themselves drawn with replacement (`pick_seed`, `seed` unless told, seeds that draw;
+    one run: no draw). Memory stays within MEMORY_BUDGET, however many the items."""
     _check_same_items(runs)
-    per_run = np.empty((len(runs), len(draws)))
-    for start in range(0, len(draws), _CHUNK):
-        rows = slice(start, start + _CHUNK)
-        per_run[:, rows] = [run.metric(run.weights(draws[rows])) for run in runs]
+    per_run = np.empty((len(runs), resamples))
+    rows = runs[0].rows_per_chunk()
+    for start, draws in zip(range(0, resamples, rows),
+                            _draw_chunks(runs[0], resamples, seed, rows)):
+        per_run[:, start:start + len(draws)] = [run.resampled(draws) for run in runs]
     if len(runs) == 1:
         return per_run[0]
-    picked = np.random.default_rng([seed, len(runs)]).integers(0, len(runs),
-                                                               (len(draws), len(runs)))
-    return per_run[picked, np.arange(len(draws))[:, None]].mean(axis=1)
+    pick_seed = seed if pick_seed is None else pick_seed
+    picked = np.random.default_rng([pick_seed, len(runs)]).integers(0, len(runs),
+                                                                    (resamples, len(runs)))
+    return per_run[picked, np.arange(resamples)[:, None]].mean(axis=1)
 
 
 def interval(runs: list[Items], level: float = LEVEL, resamples: int = RESAMPLES,
              seed: int = SEED) -> dict:
     """The bootstrap interval of an upstream's metric (the mean over its runs): a record for
     results.json and the report."""
-    draws = draw_units(runs[0], resamples, seed)
-    values = replicates(runs, draws, seed)
+    values = replicates(runs, resamples, seed)
     low, high = _percentiles(values, level)
     return {"low": low, "high": high, "level": level, "method": "percentile bootstrap",
-            "unit": runs[0].unit, "units": int(draws.shape[1]), "items": len(runs[0]),
+            "unit": runs[0].unit, "units": int(runs[0].units()[0]), "items": len(runs[0]),
             "resamples": int(np.isfinite(values).sum()), "seed": seed}
 
 
@@ -213,8 +266,8 @@ def paired_difference(a: list[Items], b: list[Items], level: float = LEVEL,
     """Metric of `a` minus metric of `b` on the same items, with its paired bootstrap
     interval and two-sided p-value; significant when the interval excludes zero."""
     _check_same_items([*a, *b])
-    draws = draw_units(a[0], resamples, seed)
-    differences = replicates(a, draws, seed) - replicates(b, draws, seed + 1)
+    # both sides see the same unit draws (`seed`); their seeds are picked independently
+    differences = replicates(a, resamples, seed) - replicates(b, resamples, seed, seed + 1)
     finite = differences[np.isfinite(differences)]
     low, high = _percentiles(differences, level)
     value = float(np.mean([r.value() for r in a]) - np.mean([r.value() for r in b]))
@@ -237,5 +290,6 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
 def _check_same_items(runs: list[Items]) -> None:
     first = runs[0]
     for run in runs[1:]:
-        if run.kind != first.kind or len(run) != len(first) or run.keys() != first.keys():
+        if run.kind != first.kind or len(run) != len(first) or not all(
+                np.array_equal(run.columns[key], first.columns[key]) for key in KEYS[run.kind]):
             raise ValueError("paired runs must be scored on the same test items")

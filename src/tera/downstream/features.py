@@ -17,18 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tera.audio import audio_info
 from tera.corpora import Utterance, read_segment
 from tera.pretrain.data import length_batches
 from tera.runs.files import save_torch
 from tera.upstream import Upstream
-
-
-def segment_samples(utt: Utterance) -> int:
-    if utt.num_samples is not None:
-        return utt.num_samples
-    frames, rate, _ = audio_info(utt.path)
-    return frames * 16000 // rate
 
 
 class FeatureCache:

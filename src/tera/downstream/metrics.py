@@ -9,6 +9,8 @@ no downstream job imports scikit-learn (2 s of every job's start).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import editdistance
 import jiwer
 import numpy as np
@@ -74,37 +76,69 @@ def equal_error_rates(labels, scores, weights: np.ndarray) -> np.ndarray:
     """`equal_error_rate` of one trial list under many weightings at once (the bootstrap):
     labels, scores `[trials]`, weights `[rows, trials]` -> `[rows]` (NaN for a row without
     both target and non-target weight)."""
+    ranked = rank_trials(labels, scores)
+    if weights.shape[-1] != len(ranked.order):
+        raise ValueError(f"{len(ranked.order)} trials and weights of shape {weights.shape} "
+                         "do not match")
+    return ranked_equal_error_rates(ranked, weights[:, ranked.order])
+
+
+@dataclass(frozen=True)
+class RankedTrials:
+    """A trial list sorted once for many EERs: the trials by falling score (`order`), which
+    of them are targets in that order, and where each run of equal scores ends."""
+
+    order: np.ndarray
+    target: np.ndarray
+    ends: np.ndarray
+
+
+def rank_trials(labels, scores) -> RankedTrials:
+    """Check a trial list and sort it for `ranked_equal_error_rates`."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
-    if labels.shape != scores.shape or weights.shape[-1] != len(scores) or not len(scores):
-        raise ValueError(f"{len(labels)} labels, {len(scores)} scores and weights of shape "
-                         f"{weights.shape} do not match")
+    if labels.shape != scores.shape or not len(scores):
+        raise ValueError(f"{len(labels)} labels and {len(scores)} scores do not match")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("trial labels must be 0 (non-target) or 1 (target)")
     if not np.isfinite(scores).all():
         raise ValueError("trial scores must be finite")
     order = np.argsort(-scores, kind="stable")  # the threshold falls from the top score
-    target = labels[order].astype(bool)
     # the ROC point after each run of equal scores (ties enter together)
     ends = np.r_[np.flatnonzero(np.diff(scores[order])), len(scores) - 1]
-    w = weights[:, order]
-    accepted_targets = np.cumsum(w * target, axis=1)[:, ends]
-    accepted_others = np.cumsum(w * ~target, axis=1)[:, ends]
+    return RankedTrials(order, labels[order].astype(bool), ends)
+
+
+def ranked_equal_error_rates(ranked: RankedTrials, weights: np.ndarray) -> np.ndarray:
+    """The EER under each row of weights given in ranked order (`weights[:, k]` weighs trial
+    `ranked.order[k]`): `[rows, trials]` -> `[rows]`. Works in place where it can: besides
+    the weights it holds about three arrays of their size."""
+    accepted = np.empty_like(weights, dtype=np.float64)
+    np.multiply(weights, ranked.target, out=accepted)
+    np.cumsum(accepted, axis=1, out=accepted)
+    tpr = accepted[:, ranked.ends]  # accepted target weight at each ROC point
+    np.multiply(weights, ~ranked.target, out=accepted)
+    np.cumsum(accepted, axis=1, out=accepted)
+    fpr = accepted[:, ranked.ends]  # accepted non-target weight
+    del accepted
+    valid = (tpr[:, -1] > 0) & (fpr[:, -1] > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = accepted_targets / accepted_targets[:, -1:]
-        fpr = accepted_others / accepted_others[:, -1:]
-    rows = np.arange(len(w))
-    zero = np.zeros((len(w), 1))
-    tpr, fpr = np.hstack([zero, tpr]), np.hstack([zero, fpr])
-    # fpr + tpr rises from 0 to 2 along the ROC: the first point at or past 1 ends the
-    # segment that crosses, and the crossing is interpolated on that segment
-    gap = 1.0 - fpr - tpr
+        np.divide(tpr, tpr[:, -1:], out=tpr)
+        np.divide(fpr, fpr[:, -1:], out=fpr)
+    # fpr + tpr rises from 0 (the ROC's origin, before the first point) to 2 along the ROC:
+    # the first point at or past 1 ends the segment that crosses, and the crossing is
+    # interpolated on that segment
+    gap = np.subtract(1.0, fpr)
+    np.subtract(gap, tpr, out=gap)
+    del tpr
     after = np.argmax(gap <= 0, axis=1)
+    rows = np.arange(len(gap))
+    from_origin = after == 0
     before = np.maximum(after - 1, 0)
-    g0, g1 = gap[rows, before], gap[rows, after]
+    g0 = np.where(from_origin, 1.0, gap[rows, before])
+    f0 = np.where(from_origin, 0.0, fpr[rows, before])
+    g1, f1 = gap[rows, after], fpr[rows, after]
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(g0 > g1, g0 / (g0 - g1), 0.0)
-    f0, f1 = fpr[rows, before], fpr[rows, after]
     eer = f0 + share * (f1 - f0)
-    valid = (accepted_targets[:, -1] > 0) & (accepted_others[:, -1] > 0)
     return np.where(valid, eer, np.nan)

@@ -24,12 +24,13 @@ from tera.corpora.base import (
     default_corpus_dir,
     is_embedded_corpus,
 )
+from tera.corpora.lengths import utterance_samples
 from tera.downstream import CACHE_BUDGET_GB, DEFAULT_SEED
 from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task, count_parameters
 from tera.downstream.bootstrap import interval, items_path, read_items, write_items
-from tera.downstream.features import FeatureCache, batches_by_length, pad_states, segment_samples
+from tera.downstream.features import FeatureCache, batches_by_length, pad_states
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.sid import SidTask
@@ -187,7 +188,7 @@ class Run:
         the line that says which."""
         if not self.cache.enabled:
             return "features: computed on the fly at every step (--no-cache)"
-        seconds = sum(segment_samples(u) for u in {u.id: u for u in utts}.values()) / 16000
+        seconds = int(utterance_samples(list({u.id: u for u in utts}.values())).sum()) / 16000
         frames_per_second = 16000 / self.upstream.get_downsample_rate()
         size = (seconds * frames_per_second * self.upstream.num_layers
                 * self.upstream.hidden_size * 2)  # float16
@@ -220,7 +221,7 @@ class Run:
             order = [order[i : i + int(batch_size)] for i in range(0, len(order),
                                                                   int(batch_size))]
         else:
-            sizes = [segment_samples(u) for u in utts]
+            sizes = utterance_samples(utts).tolist()
             order = self.task.batches(sizes, shuffle, seed)
             if order is None:
                 order = batches_by_length(sizes, int(self.cfg.runner.batch_samples), shuffle,

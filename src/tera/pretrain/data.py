@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tera.audio import audio_info, load_audio
+from tera.audio import audio_info, load_crop
 from tera.errors import UserError
+from tera.pretrain.file_check import check_audio_files
 from tera.runs.files import ensure_folder, write_text
 
 # --- manifests -------------------------------------------------------------------------------
@@ -107,35 +107,20 @@ class CroppedAudio(Dataset):
         return len(self.files)
 
     def check_files(self, threads: int = 8) -> None:
-        """Read every listed file's header (no decoding; a few threads, as on a network file
-        system the time is in the round trips): one `UserError` naming the manifest and the
-        unusable files, before any of them is needed."""
-        def problem(rel: str) -> str | None:
-            try:
-                frames, _, _ = audio_info(self.root / rel)
-            except UserError as err:
-                return str(err)
-            return f"{self.root / rel}: the audio is empty (0 samples)" if frames == 0 else None
-
-        with ThreadPoolExecutor(threads) as pool:
-            problems = [p for p in pool.map(problem, self.files) if p is not None]
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise UserError(f"{self.manifest}: {len(problems)} of the {len(self.files)} audio "
-                            f"files it lists cannot be used: {'; '.join(problems[:3])}{more}")
+        """Every listed file's header readable and not empty (`file_check`: read once per
+        manifest content): one `UserError` naming the manifest and the unusable files."""
+        check_audio_files(self.manifest, self.root, self.files, threads)
 
     def crop_sizes(self) -> np.ndarray:
         return np.minimum(self.sizes, self.max_sample_size)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        wave = load_audio(self.root / self.files[index])
-        excess = len(wave) - self.max_sample_size
-        if excess <= 0:
-            return wave
-        start = 0
-        if self.random_crop:
-            start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
-        return wave[start : start + self.max_sample_size]
+        def start(excess: int) -> int:
+            if not self.random_crop:
+                return 0
+            return int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+
+        return load_crop(self.root / self.files[index], self.max_sample_size, start)
 
 
 @contextmanager

@@ -1,0 +1,245 @@
+"""How the work grows with the data: trees of growing size made of hard links to one real
+file, the cost of each stage at each size, the fitted exponent (cost ~ n^k) and the cost
+extrapolated to LibriSpeech 960 (281,241 files), VoxCeleb1 (153,516 files) and a
+Libri-Light-sized manifest (60k h cut into 12 s pieces: ~17.6 M files).
+
+Stages, each measured in a fresh process (so that its peak memory is its own):
+- manifest: `tera manifest` over the tree (reads every header);
+- check, start / resume: the pre-training check of every listed file, with no record of an
+  earlier check, then again with it (a resume, another run on the same manifest); the
+  dataset is made before the measure;
+- lengths, first / later: the downstream utterance lengths, in a first process, then in a
+  later one (a resume, an evaluation, the next seed; the utterances are listed first);
+- bootstrap: `interval` on VoxCeleb1-like trial lists of 5,000, 37,720 (VoxCeleb1-O) and
+  579,818 trials (VoxCeleb1-E, 1,251 speakers); the trial list is made first.
+And, in this process: the cost of a 15.6 s crop from files of 10 s to 20 minutes, read
+by seeking (`tera.audio.load_crop`) and, for contrast, by decoding the whole file.
+
+    python benchmarks/scale.py [--sizes 1000,5000,20000] [--crop-repeats 10]
+
+Costs are extrapolated from the largest tree, by n^k but never less than in proportion to
+n. The default run takes 2-4 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tera.downstream.bootstrap import Items
+
+FLAC = Path(__file__).resolve().parents[1] / "tests" / "data" / "librispeech-6313-76958-0021.flac"
+TARGETS = {"LibriSpeech 960": 281_241, "VoxCeleb1": 153_516, "17.6 M files": 17_600_000}
+TRIALS = ((5_000, 40), (37_720, 40), (579_818, 1_251))  # (trials, speakers)
+CROP = 250_000  # samples: the 15.6 s crop of the presets
+FILE_SECONDS = (10, 60, 300, 1200)
+
+
+def trial_list(trials: int, speakers: int, seed: int = 0) -> Items:
+    """A VoxCeleb1-like trial list: half target trials, VoxCeleb-style ids, scores with a
+    per-speaker offset (built with numpy, so that 580k trials take a second)."""
+    rng = np.random.default_rng(seed)
+    enrol = rng.integers(0, speakers, trials)
+    target = rng.random(trials) < 0.5
+    test = np.where(target, enrol, (enrol + rng.integers(1, speakers, trials)) % speakers)
+    offset = rng.normal(0, 1, speakers)
+    score = np.where(target, 1.5 - offset[enrol], (offset[enrol] + offset[test]) / 2)
+    names = np.char.add("id1", np.char.zfill(np.arange(speakers).astype(str), 4))
+    number = np.char.zfill(np.arange(trials).astype(str), 5)
+    return Items("eer", {"enrol": np.char.add(names[enrol], np.char.add("/1zcIwhmdeo4/", number)),
+                         "test": np.char.add(names[test], np.char.add("/7gWzIy6yIIk/", number)),
+                         "label": target.astype(int), "score": score + rng.normal(size=trials),
+                         "enrol_speaker": names[enrol], "test_speaker": names[test]})
+
+
+# --- one stage in a fresh process -------------------------------------------------------------
+
+
+def peak_bytes() -> int:
+    """This process's peak resident memory (VmHWM: unlike getrusage's maxrss, not inherited
+    from the parent that started it)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def run_stage(stage: str, tree: Path, size: int) -> dict:
+    """Run in the child: the stage's seconds and its peak memory above what the process
+    held before it (the interpreter, the stage's modules and its inputs)."""
+    work = stage_work(stage, tree, size)
+    before = peak_bytes()
+    start = time.perf_counter()
+    work()
+    return {"seconds": time.perf_counter() - start, "peak_mb": (peak_bytes() - before) / 2**20,
+            "process_peak_mb": peak_bytes() / 2**20}
+
+
+def stage_work(stage: str, tree: Path, size: int):
+    """The stage's work, ready to run: its inputs are made first, outside the measure.
+    Only the stage's own modules are imported (the bootstrap's baseline holds no torch)."""
+    manifest = tree.parent / f"manifest-{tree.name}"
+    if stage == "manifest":
+        from tera.pretrain.data import write_manifest
+
+        return lambda: write_manifest(tree, manifest, valid_percent=0.01)
+    if stage.startswith("check"):
+        from tera.pretrain.data import CroppedAudio
+        from tera.pretrain.file_check import record_path
+
+        if stage == "check-start":
+            record_path(manifest / "train.tsv").unlink(missing_ok=True)
+        return CroppedAudio(manifest / "train.tsv", CROP, 32_000).check_files
+    if stage.startswith("lengths"):
+        from tera.corpora import Utterance, lengths
+
+        os.environ["TERA_SPEECH_HOME"] = str(tree.parent / f"home-{tree.name}")
+        utterances = [Utterance(p.stem, p) for p in sorted(tree.rglob("*.flac"))]
+        return lambda: lengths.utterance_samples(utterances)
+    from tera.downstream.bootstrap import interval
+
+    items = trial_list(size, dict(TRIALS).get(size, 1_251))
+    return lambda: interval([items])
+
+
+def measure(stage: str, tree: Path, size: int) -> dict:
+    child = subprocess.run([sys.executable, __file__, "--stage", stage, "--tree", str(tree),
+                            "--size", str(size)], capture_output=True, text=True, check=False)
+    if child.returncode:
+        raise SystemExit(f"{stage} at {size}: {child.stderr.strip().splitlines()[-1]}")
+    return json.loads(child.stdout)
+
+
+# --- trees and fits ---------------------------------------------------------------------------
+
+
+def build_tree(folder: Path, size: int) -> Path:
+    """`size` hard links of the test file, 100 to a speaker folder."""
+    tree = folder / f"tree-{size}"
+    for index in range(size):
+        speaker = tree / f"{index // 100:05d}"
+        speaker.mkdir(parents=True, exist_ok=True)
+        os.link(FLAC, speaker / f"{index:08d}.flac")
+    return tree
+
+
+def fit(sizes: list[int], costs: list[float]) -> tuple[float, float]:
+    """(k, c) of cost = c * n^k, least squares in log-log."""
+    k, log_c = np.polyfit(np.log(sizes), np.log(np.maximum(costs, 1e-9)), 1)
+    return float(k), float(np.exp(log_c))
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def extrapolate(sizes: list[int], seconds: list[float], k: float, n: int) -> float:
+    """From the largest size measured: by n^k, but never less than in proportion to n (a
+    fixed start-up cost makes k < 1 at small sizes; a cost per file stays)."""
+    return seconds[-1] * (n / sizes[-1]) ** max(k, 1.0)
+
+
+def print_stage(name: str, sizes: list[int], results: list[dict]) -> None:
+    seconds = [r["seconds"] for r in results]
+    peaks = [r["peak_mb"] for r in results]
+    k, _ = fit(sizes, seconds)
+    per_file = np.polyfit(sizes, np.array(peaks) * 2**20, 1)[0] if len(sizes) > 1 else 0.0
+    cells = "  ".join(f"{n:>7,}: {duration(s):>7} {p:6.0f} MB" for n, s, p in
+                      zip(sizes, seconds, peaks))
+    targets = "  ".join(f"{label} {duration(extrapolate(sizes, seconds, k, n))}"
+                        for label, n in TARGETS.items())
+    print(f"{name:<16} {cells}\n{'':<16} k = {k:.2f}, memory {per_file:+.0f} B per file; "
+          f"extrapolated: {targets}")
+
+
+def crop_by_seeking(path: Path, rng: np.random.Generator) -> None:
+    from tera.audio import load_crop
+
+    load_crop(path, CROP, lambda excess: int(rng.integers(excess + 1)))
+
+
+def crop_after_decoding(path: Path, rng: np.random.Generator) -> None:
+    """The crop as it was made before seeking: the whole file decoded, then cut."""
+    from tera.audio import load_audio
+
+    audio = load_audio(path)
+    start = int(rng.integers(max(1, len(audio) - CROP + 1)))
+    audio[start : start + CROP].clone()
+
+
+def crop_costs(folder: Path, repeats: int) -> None:
+    import soundfile as sf
+
+    wave, rate = sf.read(FLAC, dtype="int16")
+    rows = []
+    for seconds in FILE_SECONDS:
+        path = folder / f"long-{seconds}.flac"
+        sf.write(path, np.resize(wave, seconds * rate), rate)
+        rng = np.random.default_rng(0)
+        crop_by_seeking(path, rng)  # warm: the first read also loads libraries
+        rows.append((seconds, median_time(crop_by_seeking, (path, rng), repeats),
+                     median_time(crop_after_decoding, (path, rng), max(2, repeats // 4))))
+    print(f"{'crop 15.6 s':<16} " + "  ".join(
+        f"{s:>4} s file: {duration(a):>6} (whole file {duration(b)})" for s, a, b in rows))
+    k, _ = fit([r[0] for r in rows], [r[1] for r in rows])
+    print(f"{'':<16} k = {k:.2f} over the file length; 20 min / 10 s: "
+          f"{rows[-1][1] / rows[0][1]:.2f}x seeking, {rows[-1][2] / rows[0][2]:.0f}x decoding "
+          "the whole file")
+
+
+def median_time(function, args: tuple, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function(*args)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,5000,20000", help="files per tree")
+    parser.add_argument("--crop-repeats", type=int, default=30)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(run_stage(args.stage, args.tree, args.size)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{os.cpu_count()} cores; trees of {', '.join(f'{n:,}' for n in sizes)} hard links "
+          f"to {FLAC.name}; peak memory above what the process held before the stage")
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        trees = [build_tree(folder, n) for n in sizes]
+        stages = ("manifest", "check-start", "check-resume", "lengths-first", "lengths-later")
+        results = {stage: [] for stage in stages}
+        for tree, n in zip(trees, sizes):
+            for stage in stages:
+                results[stage].append(measure(stage, tree, n))
+        for stage in stages:
+            print_stage(stage, sizes, results[stage])
+        crop_costs(folder, args.crop_repeats)
+    trials = [n for n, _ in TRIALS]
+    runs = [measure("bootstrap", Path("."), n) for n in trials]
+    print(f"{'bootstrap':<16} " + "  ".join(
+        f"{n:>7,} trials: {duration(r['seconds']):>6}, process peak {r['process_peak_mb']:4.0f} MB"
+        for n, r in zip(trials, runs)))
+    k, _ = fit(trials, [r["seconds"] for r in runs])
+    print(f"{'':<16} k = {k:.2f} over the trials ({', '.join(str(s) for _, s in TRIALS)} "
+          "speakers; 1000 resamples)")
+
+
+if __name__ == "__main__":
+    main()
