@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,11 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     from tera.audio import load_audio
-    from tera.runs.files import check_writable
+    from tera.runs.files import check_not_an_input, check_writable
 
+    check_not_an_input(args.output, [*args.files, args.ckpt], "-o")
+    for flag in ("--chunk-seconds", "--context-seconds"):
+        _check_seconds(flag, getattr(args, flag[2:].replace("-", "_")))
     check_writable(args.output)  # now, not after minutes of features
     device = _device(args.device)
     upstream = _extract_upstream(args).to(device)
@@ -118,6 +122,11 @@ def _extract_upstream(args: argparse.Namespace):
         return load_upstream(name, args.ckpt, chunk_seconds=args.chunk_seconds,
                              context_seconds=args.context_seconds, precision=args.precision)
     return load_upstream(name, args.ckpt, deltas=args.deltas)
+
+
+def _check_seconds(flag: str, seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UserError(f"{flag} {seconds}: expected a finite number of seconds, 0 or more")
 
 
 def _device(name: str) -> torch.device:
@@ -214,9 +223,10 @@ def _info_target(target: str):
 
 def run_convert(args: argparse.Namespace) -> int:
     from tera.checkpoint import convert_checkpoint
-    from tera.runs.files import check_writable
+    from tera.runs.files import check_not_an_input, check_writable
 
     dst, fmt = convert_target(args.src, args.dst, args.output_dir, args.to)
+    check_not_an_input(dst, [args.src], "DST")
     # Before reading the source: a folder that can take the file(s), nothing in the way.
     if fmt in DIRECTORY_FORMATS:
         if dst.exists() and not dst.is_dir():

@@ -92,6 +92,21 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def check_not_an_input(output: str | Path, inputs: list[str | Path | None], flag: str
+                       ) -> None:
+    """Refuse to write `output` over (or into) one of the command's own `inputs`: the
+    result would replace what it was computed from."""
+    target = Path(output).expanduser().resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).expanduser().resolve()
+        same_file = target.exists() and source.exists() and os.path.samefile(target, source)
+        if same_file or target == source or source in target.parents:
+            raise UserError(f"{output}: {flag} names the input {given}; writing there would "
+                            "replace it; give another output path")
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
     try:
