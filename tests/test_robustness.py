@@ -91,6 +91,10 @@ CASES = {
         _pretrain(), ["WORLD_SIZE=2", "MASTER_ADDR"], env={"WORLD_SIZE": "2", "RANK": "0"}),
     "WORLD_SIZE not an integer": Case(_pretrain(), ["WORLD_SIZE='two'"],
                                       env={"WORLD_SIZE": "two"}),
+    "downstream on a tpu": Case(["downstream", "-d", "ks", "--device", "tpu"],
+                                ["--device 'tpu' is not a device"]),
+    "downstream seed beyond 64 bits": Case(
+        ["downstream", "-d", "ks", "--seed", str(2**70)], [f"--seed {2**70}"]),
     # study files
     "study file malformed": Case(["study", "--config", "{tmp}/malformed.yaml"],
                                  ["malformed.yaml: not a valid YAML file"]),
@@ -170,11 +174,17 @@ def test_each_mistake_is_one_line(name, inputs, monkeypatch, capsys):
     assert not (inputs / "new").exists()
 
 
-def test_cuda_asked_for_but_absent_is_one_line(inputs, monkeypatch, capsys):
+@pytest.mark.parametrize("argv, named", [
+    (_pretrain("common.device=cuda"), ["common.device=cuda", "CUDA is not available",
+                                       "common.device=cpu"]),
+    (["extract", "-u", "fbank", "{tmp}/v.flac", "--device", "cuda", "-o", "{tmp}/o.npz"],
+     ["--device cuda: CUDA is not available", "--device cpu"]),
+    (["downstream", "-d", "ks", "--device", "cuda:1"], ["--device cuda:1: CUDA is not"]),
+])
+def test_cuda_asked_for_but_absent_is_one_line(argv, named, inputs, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main([arg.format(tmp=inputs) for arg in _pretrain("common.device=cuda")])
-    assert_one_line(code, capsys.readouterr().err, ["common.device=cuda", "CUDA is not "
-                                                    "available", "common.device=cpu"])
+    code = main([arg.format(tmp=inputs) for arg in argv])
+    assert_one_line(code, capsys.readouterr().err, named)
 
 
 # --- a full disk (or quota, permissions, a read-only file system) -------------------------------
@@ -288,3 +298,33 @@ def test_a_peerless_distributed_start_obeys_signals(tmp_path, signum, status):
     rest = process.communicate(timeout=60)[1]
     assert time.monotonic() - sent < 10
     assert_one_line(process.returncode, waiting + rest, ["tera pretrain"], status=status)
+
+
+# --- a study's run files, cut or edited -----------------------------------------------------
+
+
+def test_corrupt_run_files_of_a_study_name_the_file(tmp_path):
+    """What the study's report reads back: `results.json` and `<split>_items.tsv`."""
+    import json
+
+    from tera.downstream.bootstrap import read_items
+    from tera.errors import UserError
+    from tera.runs.records import read_result
+
+    result = {"task": "ks", "metric": "accuracy", "value": "abc", "split": "test",
+              "checkpoint": "x", "upstream": "fbank", "upstream_ckpt": None,
+              "layer_weights": [1.0], "step": 1, "wall_time_s": 1.0}
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    with pytest.raises(UserError, match=r"results\.json: value should be a number, got 'abc'"):
+        read_result(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({**result, "value": 0.5,
+                                                       "layer_weights": ["a"]}))
+    with pytest.raises(UserError, match=r"layer_weights should be a list of numbers"):
+        read_result(tmp_path)
+    items = tmp_path / "test_items.tsv"
+    items.write_text("id\tcorrect\nu1\tyes\n")
+    with pytest.raises(UserError, match=r"test_items\.tsv: column correct: .*'yes'"):
+        read_items(items)
+    items.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(UserError, match=r"test_items\.tsv: not an items file"):
+        read_items(items)

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from tera.errors import UserError
-from tera.upstream import PRECISIONS, TERA2_CHECKPOINT_NAMES, UPSTREAMS
+from tera.upstream import PRECISIONS, TERA2_CHECKPOINT_NAMES, UPSTREAMS, checked_device
 
 DIRECTORY_FORMATS = ("safetensors", "transformers")  # formats written as a folder, not a file
 
@@ -82,7 +82,7 @@ def run_extract(args: argparse.Namespace) -> int:
     for flag in ("--chunk-seconds", "--context-seconds"):
         _check_seconds(flag, getattr(args, flag[2:].replace("-", "_")))
     check_writable(args.output)  # now, not after minutes of features
-    device = _device(args.device)
+    device = checked_device(args.device)
     upstream = _extract_upstream(args).to(device)
     layer = _parse_layer(args.layer, upstream.num_layers)
     _check_distinct_stems(args.files)
@@ -127,16 +127,6 @@ def _extract_upstream(args: argparse.Namespace):
 def _check_seconds(flag: str, seconds: float) -> None:
     if not (math.isfinite(seconds) and seconds >= 0):
         raise UserError(f"{flag} {seconds}: expected a finite number of seconds, 0 or more")
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _parse_layer(value: str, num_layers: int) -> int | None:

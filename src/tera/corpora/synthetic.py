@@ -517,6 +517,9 @@ def replace_folder(partial: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.rename(partial, out_dir)
         return
+    if not is_embedded_corpus(out_dir):  # filled by someone else while we generated
+        raise UserError(f"{out_dir}: files appeared there during generation; nothing "
+                        "was changed, give a new folder")
     # An earlier corpus: swap it aside first, so that out_dir is never missing a corpus.
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     os.replace(out_dir, old / "corpus")
