@@ -108,6 +108,8 @@ def start_process_group(backend: str, device: torch.device, placement: Placement
 
     def join() -> None:
         try:
+            if device.type == "cuda":  # the current device is per thread
+                torch.cuda.set_device(device)
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
         except BaseException as err:  # reported by the waiting thread
             failure.append(err)
