@@ -3,7 +3,10 @@
 Every key a run may set is in the preset files (`configs/pretrain/_common.yaml`) or, for the
 `model` section, a `TeraConfig` field; anything else is an error that lists the valid keys
 closest to the one given. Values are parsed as YAML and must keep the type of the default
-(the one override parser, `tera.runs.overrides`, shared with `tera downstream -o`).
+(the one override parser, `tera.runs.overrides`, shared with `tera downstream -o`); a
+preset file's values are held to the same types. Ranges and choices are declared once, in
+`RULES` (the model's in `TeraConfig`), and everything is checked when the config is built,
+before any data is read: one line naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
