@@ -420,7 +420,8 @@ def test_allowed_callables_with_absurd_arguments_are_refused(tmp_path, call):
         else:
             path.write_bytes(pickle.dumps({"cfg": {"model": {}}, "model": {}, "x": Payload()},
                                           protocol=protocol))
-        with pytest.raises(UserError, match=rf"{path.name}: refusing to unpickle .*absurd"):
+        with pytest.raises(UserError, match=rf"{path.name}: not a checkpoint tera-speech can "
+                                            r"read safely: refusing to unpickle .*absurd"):
             load_checkpoint(path)
 
 
@@ -457,3 +458,62 @@ def test_an_unreadable_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["info", str(tmp_path / "locked.pt")]) == 2
     assert capsys.readouterr().err == (f"tera info: error: {tmp_path / 'locked.pt'}: cannot "
                                        "read: permission denied\n")
+
+
+# --- bounded work and memory: the same for every reader -------------------------------------
+
+
+def _readers():
+    """How each command reads a checkpoint: `tera info` / `tera convert`, resuming
+    `tera pretrain`, and the upstream of `tera downstream`."""
+    from tera.checkpoint.training import read_training_checkpoint
+    from tera.upstream import load_upstream
+
+    return {"info/convert": load_checkpoint, "pretrain resume": read_training_checkpoint,
+            "downstream upstream": lambda path: load_upstream("tera2", path)}
+
+
+@pytest.mark.parametrize("reader", ["info/convert", "pretrain resume", "downstream upstream"])
+@pytest.mark.parametrize("craft, reason", [
+    ("shared_structure", "shared parts expand to more than"),
+    ("huge_buffers", r"refusing to unpickle builtins\.bytearray\(1073741824\): an absurd"),
+    ("deep_nesting", "nested deeper than 100 levels"),
+    ("self_containing", "a structure that contains itself"),
+    ("wrong_arguments", "TypeError"),
+])
+def test_crafted_checkpoints_are_refused_in_bounded_memory(tmp_path, reader, craft, reason):
+    """Each refused with one line, the load never holding 100 MB (tracemalloc sees every
+    Python allocation, bytearray's included)."""
+    import tracemalloc
+
+    from . import crafted
+
+    path = getattr(crafted, craft)(tmp_path / f"{craft}.pt")
+    assert path.stat().st_size < 250_000  # small files, unbounded asks
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=rf"{craft}\.pt: not a checkpoint tera-speech can "
+                                            rf"read safely: .*{reason}") as refused:
+            _readers()[reader](path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert "\n" not in str(refused.value)
+
+
+def test_the_call_budget_is_shared_by_all_calls_of_a_file(tmp_path):
+    """Three buffers of 40 MiB: each small enough alone, refused together at the second."""
+    import tracemalloc
+
+    from . import crafted
+
+    path = crafted.huge_buffers(tmp_path / "three.pt", size=40 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=r"builtins\.bytearray\(41943040\): an absurd"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"

@@ -136,6 +136,33 @@ def test_a_corpus_of_an_older_generator_is_made_again_or_refused(small_corpus, t
         _digest(small_corpus / "voxceleb1" / "veri_test2.txt")
 
 
+def test_synth_never_deletes_what_it_did_not_write(small_corpus, tmp_path, monkeypatch):
+    """An empty folder is filled; a user's folder (even one named like the old scratch
+    folder, `out.partial`) is kept; only scratch folders it marked as its own go."""
+    from tera.corpora.synthetic import PARTIAL_MARKER
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = tmp_path / "out.partial"
+    users.mkdir()
+    (users / "keep.txt").write_text("mine")
+    stale = tmp_path / ".out.partial-killed"  # what a killed run leaves
+    stale.mkdir()
+    (stale / PARTIAL_MARKER).touch()
+    synthesize(out, "small", seed=0, progress=False)
+    assert _digest(out / "voxceleb1" / "veri_test2.txt") == \
+        _digest(small_corpus / "voxceleb1" / "veri_test2.txt")
+    assert (users / "keep.txt").read_text() == "mine" and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "theirs")
+    for target in (tmp_path / "theirs", ".", "..", tmp_path):
+        with pytest.raises(UserError, match="working folder|not a tera-speech corpus"):
+            synthesize(target, "small", seed=0, progress=False)
+    assert (tmp_path / "theirs" / "keep.txt").read_text() == "mine"
+
+
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

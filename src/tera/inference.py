@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from tera.errors import UserError
-from tera.upstream import PRECISIONS, TERA2_CHECKPOINT_NAMES, UPSTREAMS
+from tera.upstream import PRECISIONS, TERA2_CHECKPOINT_NAMES, UPSTREAMS, checked_device
 
 DIRECTORY_FORMATS = ("safetensors", "transformers")  # formats written as a folder, not a file
 
@@ -75,10 +76,13 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     from tera.audio import load_audio
-    from tera.runs.files import check_writable
+    from tera.runs.files import check_not_an_input, check_writable
 
+    check_not_an_input(args.output, [*args.files, args.ckpt], "-o")
+    for flag in ("--chunk-seconds", "--context-seconds"):
+        _check_seconds(flag, getattr(args, flag[2:].replace("-", "_")))
     check_writable(args.output)  # now, not after minutes of features
-    device = _device(args.device)
+    device = checked_device(args.device)
     upstream = _extract_upstream(args).to(device)
     layer = _parse_layer(args.layer, upstream.num_layers)
     _check_distinct_stems(args.files)
@@ -120,14 +124,9 @@ def _extract_upstream(args: argparse.Namespace):
     return load_upstream(name, args.ckpt, deltas=args.deltas)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
+def _check_seconds(flag: str, seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UserError(f"{flag} {seconds}: expected a finite number of seconds, 0 or more")
 
 
 def _parse_layer(value: str, num_layers: int) -> int | None:
@@ -214,9 +213,10 @@ def _info_target(target: str):
 
 def run_convert(args: argparse.Namespace) -> int:
     from tera.checkpoint import convert_checkpoint
-    from tera.runs.files import check_writable
+    from tera.runs.files import check_not_an_input, check_writable
 
     dst, fmt = convert_target(args.src, args.dst, args.output_dir, args.to)
+    check_not_an_input(dst, [args.src], "DST")
     # Before reading the source: a folder that can take the file(s), nothing in the way.
     if fmt in DIRECTORY_FORMATS:
         if dst.exists() and not dst.is_dir():

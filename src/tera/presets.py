@@ -54,6 +54,15 @@ def read_preset(name: str, config_dir: str | Path | None = None
     """
     from tera.pretrain.fork_yaml import from_fork_layout
 
+    path = preset_file(name, config_dir)
+    common = path.parent / f"{COMMON}.yaml"
+    if not common.is_file():
+        common = preset_dir() / f"{COMMON}.yaml"
+    return from_fork_layout(_read_yaml(path), _read_yaml(common), path)
+
+
+def preset_file(name: str, config_dir: str | Path | None = None) -> Path:
+    """The YAML file of a preset (see `read_preset` for where it is looked up)."""
     canonical = canonical_name(name)
     folders = ([Path(config_dir)] if config_dir else []) + [preset_dir()]
     for folder in folders:
@@ -61,10 +70,7 @@ def read_preset(name: str, config_dir: str | Path | None = None
                      canonical):
             path = folder / f"{stem}.yaml"
             if path.is_file():
-                common = folder / f"{COMMON}.yaml"
-                if not common.is_file():
-                    common = preset_dir() / f"{COMMON}.yaml"
-                return from_fork_layout(_read_yaml(path), _read_yaml(common), path)
+                return path
     raise UserError(
         f"unknown preset {name!r}; known presets: {', '.join(preset_names())}"
         + (f" (also looked in {config_dir})" if config_dir else "")

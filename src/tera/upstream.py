@@ -258,6 +258,21 @@ def upstream_name(name: str, ckpt: str | Path | None) -> str:
     return "tera2"
 
 
+def checked_device(name: str) -> torch.device:
+    """`--device NAME` of the commands that run an upstream; `UserError` for a name that is
+    no device, or CUDA asked for where there is none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)") from err
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: tera-speech runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use "
+                        "--device cpu")
+    return device
+
+
 def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "slim",
                   seed: int = 0, deltas: bool = False, chunk_seconds: float = 60.0,
                   context_seconds: float = 10.0, precision: str = "fp32") -> Upstream:

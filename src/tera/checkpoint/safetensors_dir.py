@@ -12,7 +12,7 @@ from tera.checkpoint.card import model_card
 from tera.checkpoint.common import LoadedCheckpoint, from_parts, weights_for_export
 from tera.checkpoint.unpickler import first_line
 from tera.errors import UserError
-from tera.runs.files import atomic_output, ensure_folder, read_json, write_json, write_text
+from tera.runs.files import ensure_folder, read_json, save_safetensors, write_json, write_text
 
 FORMAT_VERSION = 1
 
@@ -38,13 +38,10 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoi
 
 
 def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
-    from safetensors.torch import save_file
-
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: a safetensors checkpoint is a directory, and this is a file")
     ensure_folder(dst)
-    with atomic_output(dst / "model.safetensors") as tmp:
-        save_file(weights_for_export(ckpt), str(tmp))
+    save_safetensors(weights_for_export(ckpt), dst / "model.safetensors")
     write_json(dst / "config.json", {
         "format_version": FORMAT_VERSION, "model_cfg": ckpt.model_cfg.to_dict(),
         "task_cfg": ckpt.task_cfg, "dictionaries_symbols": ckpt.dictionaries_symbols,

@@ -12,7 +12,7 @@ import torch
 
 from tera.checkpoint.common import LoadedCheckpoint, from_parts
 from tera.checkpoint.fairseq import dictionary_states, fairseq_configs
-from tera.checkpoint.unpickler import first_line, to_plain
+from tera.checkpoint.unpickler import read_torch_file, to_plain
 from tera.errors import UserError
 from tera.runs.records import TrainingState
 
@@ -36,12 +36,9 @@ def read_training_checkpoint(path: str | Path, map_location: str | torch.device 
     """(the checkpoint's content, its training state); `UserError` naming the file when it
     is unreadable, truncated or not a training checkpoint."""
     path = Path(path)
-    try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such training checkpoint") from None
-    except Exception as err:  # truncated zip, bad pickle, ...: all mean the same here
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({first_line(err)})") from err
+    if not path.exists():
+        raise UserError(f"{path}: no such training checkpoint")
+    raw = read_torch_file(path, map_location)  # bounded like every checkpoint read
     if not isinstance(raw, dict) or not is_training_checkpoint(raw):
         raise UserError(f"{path}: not a tera pretrain checkpoint (no extra_state['tera'])")
     return raw, TrainingState.from_dict(raw["extra_state"]["tera"], path)

@@ -35,7 +35,7 @@ from tera.checkpoint.common import LoadedCheckpoint, from_parts, weights_for_exp
 from tera.checkpoint.unpickler import first_line
 from tera.errors import UserError
 from tera.model.config import TeraConfig
-from tera.runs.files import atomic_output, ensure_folder, write_json, write_text
+from tera.runs.files import ensure_folder, save_safetensors, write_json, write_text
 
 EXTRA_FILE = "tera_extra.safetensors"
 FORMAT_VERSION = 1
@@ -157,8 +157,6 @@ def _is_extra(name: str, cfg: TeraConfig) -> bool:
 
 def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
     """Write `ckpt` as a HubertModel folder, each file atomically."""
-    from safetensors.torch import save_file
-
     cfg = ckpt.model_cfg
     config = hubert_config(cfg)  # refuses what does not fit, before anything is written
     if dst.exists() and not dst.is_dir():
@@ -177,11 +175,10 @@ def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
             "task_cfg": ckpt.task_cfg, "dictionaries_symbols": ckpt.dictionaries_symbols,
             "metadata": ckpt.metadata, "identity_projection": identity_projection}
     ensure_folder(dst)
-    with atomic_output(dst / "model.safetensors") as tmp:
-        save_file(encoder, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
-    with atomic_output(dst / EXTRA_FILE) as tmp:
-        save_file(extra, str(tmp), metadata={"format": "pt",
-                                             "tera": json.dumps(side, default=str)})
+    # transformers checks "format"
+    save_safetensors(encoder, dst / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(extra, dst / EXTRA_FILE,
+                     metadata={"format": "pt", "tera": json.dumps(side, default=str)})
     write_json(dst / "config.json", config)
     write_json(dst / "preprocessor_config.json", preprocessor_config(cfg))
     hubert_parameters = sum(v.numel() for v in encoder.values())

@@ -31,6 +31,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from tera.corpora.base import (
 from tera.corpora.speech_commands import WORDS
 from tera.corpora.text import sentence
 from tera.errors import UserError
+from tera.runs.files import ensure_folder
 
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
             "klatt", "klatt2", "klatt3", "klatt4", "croak", "whisper")
@@ -381,7 +383,9 @@ def synthesize(out_dir: str | Path, preset: str = "default", seed: int = 0,
     summary."""
     if preset not in PRESETS:
         raise UserError(f"unknown corpus preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    out_dir = Path(out_dir)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise UserError(f"corpus seed must be an integer from 0 to {MAX_SEED - 1}, got {seed!r}")
+    out_dir = checked_output_folder(out_dir)
     if is_embedded_corpus(out_dir):
         summary = read_summary(out_dir)
         if summary.get("preset") != preset or summary.get("seed") != seed:
@@ -395,11 +399,19 @@ def synthesize(out_dir: str | Path, preset: str = "default", seed: int = 0,
     if not espeak_available():
         raise UserError("espeak-ng is not installed: run `bash scripts/setup.sh` (it installs "
                         "the Debian package) or `apt-get install espeak-ng`")
+    partial = new_partial_folder(out_dir)
+    try:
+        summary = _generate(partial, preset, seed, workers, progress)
+        replace_folder(partial, out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # ours: made by new_partial_folder
+    return summary
+
+
+def _generate(partial: Path, preset: str, seed: int, workers: int, progress: bool) -> dict:
+    """Write the whole corpus into `partial` (a fresh folder) and return its summary."""
     spec = PRESETS[preset]
     started = time.perf_counter()
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
 
     libri_jobs, transcripts = librispeech_jobs(partial / "librispeech", spec, seed)
     ks_jobs, ks_lists = speech_commands_jobs(partial / "speech_commands", spec, seed)
@@ -454,7 +466,63 @@ def synthesize(out_dir: str | Path, preset: str = "default", seed: int = 0,
     }
     summary["hours"]["total"] = round(sum(summary["hours"].values()), 4)
     (partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(partial, out_dir)
     return summary
+
+
+# --- the output folder: written aside, renamed into place --------------------------------------
+#
+# The corpus is written into a fresh hidden folder beside the output and renamed into place
+# when complete, so a run killed midway leaves no half corpus. Nothing is ever deleted that
+# this module did not make: a folder holding anything but an earlier corpus is refused, and
+# so are the working folder and its parents (replacing them would pull the floor from under
+# the shell).
+
+MAX_SEED = 2**63
+PARTIAL_MARKER = ".tera-corpus-partial"  # in every folder new_partial_folder makes
+
+
+def checked_output_folder(out_dir: str | Path) -> Path:
+    """`out_dir` as an absolute path, or a `UserError` when writing the corpus there could
+    delete something tera-speech did not write."""
+    given = str(out_dir)
+    folder = Path(out_dir).expanduser().resolve()
+    if folder == Path(folder.anchor) or folder in (Path.cwd(), *Path.cwd().parents):
+        raise UserError(f"{given}: is the working folder or holds it; give a new folder for "
+                        "the corpus, e.g. ./corpus")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{given}: is a file; give a new folder for the corpus")
+    if folder.is_dir() and not is_embedded_corpus(folder) and any(folder.iterdir()):
+        raise UserError(f"{given}: holds files that are not a tera-speech corpus; give a new "
+                        "or empty folder (nothing there was changed)")
+    return folder
+
+
+def new_partial_folder(out_dir: Path) -> Path:
+    """A fresh, marked folder beside `out_dir` to write into; marked folders an interrupted
+    run left there are removed first (only those: the marker says they are ours)."""
+    parent = ensure_folder(out_dir.parent)
+    for stale in parent.glob(f".{out_dir.name}.partial-*"):
+        if (stale / PARTIAL_MARKER).is_file():
+            shutil.rmtree(stale, ignore_errors=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    (partial / PARTIAL_MARKER).touch()
+    return partial
+
+
+def replace_folder(partial: Path, out_dir: Path) -> None:
+    """Move the finished `partial` to `out_dir`: empty or an earlier corpus (which goes)."""
+    (partial / PARTIAL_MARKER).unlink()
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(partial, out_dir)
+        return
+    if not is_embedded_corpus(out_dir):  # filled by someone else while we generated
+        raise UserError(f"{out_dir}: files appeared there during generation; nothing "
+                        "was changed, give a new folder")
+    # An earlier corpus: swap it aside first, so that out_dir is never missing a corpus.
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / "corpus")
+    os.rename(partial, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 

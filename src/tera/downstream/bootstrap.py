@@ -195,8 +195,11 @@ def read_items(path: Path) -> Items:
     if not path.is_file():
         raise UserError(f"{path}: no per-item statistics (a run of an older version? evaluate "
                         "its checkpoint again with `tera downstream -m evaluate -e CKPT`)")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path}: not an items file (not tab-separated text: {err})") from err
     header = tuple(rows[0]) if rows else ()
     kind = next((k for k, columns in COLUMNS.items() if columns == header), None)
     if kind is None or len(rows) < 2:

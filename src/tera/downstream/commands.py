@@ -6,7 +6,7 @@ import argparse
 import json
 
 from tera.downstream import CACHE_BUDGET_GB, DEFAULT_SEED
-from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, upstream_name
+from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, checked_device, upstream_name
 
 
 def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +50,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     if args.init_ckpt is None and args.downstream is None:
         raise UserError("-d TASK is needed to train (or -e CHECKPOINT to evaluate / resume)")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed {args.seed}: expected an integer from 0 to 2**63 - 1")
+    if not 0 <= args.cache_budget_gb < float("inf"):
+        raise UserError(f"--cache-budget-gb {args.cache_budget_gb}: expected a finite number "
+                        "of GB >= 0")
+    checked_device(args.device)  # before any data or model
     results = run(
         args.downstream or "", mode=args.mode,
         upstream=upstream_name(args.upstream, args.upstream_ckpt),

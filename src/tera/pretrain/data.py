@@ -67,7 +67,11 @@ def read_manifest(path: str | Path) -> tuple[Path, list[tuple[str, int]]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest not found (make one with `tera manifest ROOT -o DIR`)")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a manifest: binary data, not the text `tera manifest` "
+                        "writes") from None
     if not lines or not lines[0].strip():
         raise UserError(f"{path}: empty manifest: the first line must be the audio root folder")
     entries = []

@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 from tera.errors import UserError
 from tera.presets import forward_flops, load_preset, model_config
 
+MAX_UPDATES = 10**15  # far beyond any run; keeps the plan an exact integer
+
 
 def flops_per_update(cfg: DictConfig) -> float:
     crop = int(cfg.task.max_sample_size)
@@ -33,7 +35,11 @@ def plan(cfg: DictConfig, budget: DictConfig | None = None, fraction: float = 1.
     budget = budget if budget is not None else cfg
     budget_flops = flops_per_update(budget) * int(budget.optimization.max_update) * fraction
     per_update = flops_per_update(cfg)
-    max_update = max(1, round(budget_flops / per_update))
+    updates = budget_flops / per_update
+    if not updates <= MAX_UPDATES:  # inf too
+        raise UserError(f"--fraction {fraction}: the plan would need {updates:.3g} updates, "
+                        f"more than any run can make ({MAX_UPDATES:.0e}); give a smaller share")
+    max_update = max(1, round(updates))
     return {
         "max_update": max_update,
         "flops_per_update": per_update,

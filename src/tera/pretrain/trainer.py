@@ -12,7 +12,6 @@ The same seeding makes a 2-process run match a 1-process run with `update_freq` 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -40,6 +39,7 @@ from tera.pretrain.data import (
     collate,
     unwrap_worker_error,
 )
+from tera.pretrain.devices import distributed_env, start_process_group, training_device
 from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
 from tera.runs.checkpoints import interval_checkpoint_name, interval_checkpoints, keep_newest
 from tera.runs.files import ensure_folder, save_torch, write_text
@@ -83,13 +83,13 @@ def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None
 class Trainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world_size, self.local_rank = _distributed_env()
-        self.device = _device(cfg.common.device, self.local_rank)
+        placement = distributed_env()  # checked before any model or data
+        self.rank, self.world_size, self.local_rank = (placement.rank, placement.world_size,
+                                                       placement.local_rank)
+        self.device = training_device(cfg.common.device, self.local_rank)
         if self.world_size > 1 and not dist.is_initialized():
-            backend = cfg.distributed_training.distributed_backend
-            if backend == "auto":
-                backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend)
+            start_process_group(cfg.distributed_training.distributed_backend, self.device,
+                                placement, float(cfg.distributed_training.init_timeout))
         self.is_main = self.rank == 0
         self.save_dir = Path(cfg.checkpoint.save_dir)
         self.seed = int(cfg.common.seed)
@@ -439,22 +439,6 @@ def _mix(*numbers: int) -> int:
 
 def _has_entries(manifest: Path) -> bool:
     return manifest.is_file() and len(manifest.read_text().strip().splitlines()) > 1
-
-
-def _distributed_env() -> tuple[int, int, int]:
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    return rank, world, local
-
-
-def _device(choice: str, local_rank: int) -> torch.device:
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(choice)
 
 
 def pretrain(cfg: DictConfig) -> dict:

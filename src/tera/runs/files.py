@@ -3,6 +3,7 @@
     with atomic_output(path) as tmp:   # a temporary path beside `path`
         produce(tmp)                   # np.savez, safetensors' save_file, ...
     write_text(path, text); write_json(path, obj); save_torch(obj, path)
+    save_safetensors(tensors, path)
 
 The content goes to a temporary file in the same folder, is fsynced, renamed over `path`
 (atomic on POSIX) and the folder is fsynced, so a run killed at any moment leaves either the
@@ -92,6 +93,21 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def check_not_an_input(output: str | Path, inputs: list[str | Path | None], flag: str
+                       ) -> None:
+    """Refuse to write `output` over (or into) one of the command's own `inputs`: the
+    result would replace what it was computed from."""
+    target = Path(output).expanduser().resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).expanduser().resolve()
+        same_file = target.exists() and source.exists() and os.path.samefile(target, source)
+        if same_file or target == source or source in target.parents:
+            raise UserError(f"{output}: {flag} names the input {given}; writing there would "
+                            "replace it; give another output path")
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
     try:
@@ -135,9 +151,45 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """`open(path, mode)` that only replaces `path` once the block has finished."""
-    with atomic_output(path) as tmp, open(tmp, mode) as f:
-        yield f
+    """`open(path, mode)` that only replaces `path` once the block has finished.
+
+    A writer that fails because the file system refused a write (a full disk) often says
+    something else: torch's zip writer "unexpected pos", numpy a zipfile error. The file's
+    own writes record the `OSError`, and that is what the block raises (so the caller's
+    message names the path and "no space left on device")."""
+    with atomic_output(path) as tmp, open(tmp, mode) as raw:
+        f = RecordedWrites(raw)
+        try:
+            yield f
+        except Exception as err:
+            if f.error is not None and f.error is not err:
+                raise f.error from err
+            raise
+
+
+class RecordedWrites:
+    """A file object that remembers the first `OSError` its writes raised."""
+
+    def __init__(self, file: IO) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno, ...: the file's own
+        return getattr(self.file, name)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -173,6 +225,16 @@ def save_torch(obj: Any, path: str | Path, pickle_module: Any = None) -> None:
             torch.save(obj, f)
         else:
             torch.save(obj, f, pickle_module=pickle_module)
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """`safetensors.torch.save_file`, atomically and through this module's writes (so a full
+    disk is the same one line as for every other format)."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def temporary_files(folder: str | Path) -> list[Path]:

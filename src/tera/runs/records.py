@@ -108,9 +108,36 @@ class DownstreamResult:
         missing = [name for name in required if name not in data]
         if missing:
             raise UserError(f"{source}: a downstream result lacks {', '.join(missing)}")
+        for f in fields:
+            if f.name in data and not _has_type(data[f.name], str(f.type)):
+                raise UserError(f"{source}: {f.name} should be {_TYPE_NAMES[str(f.type)]}, "
+                                f"got {data[f.name]!r}")
         names = {f.name for f in fields}
         return cls(**{k: v for k, v in data.items() if k in names},
                    extra={k: v for k, v in data.items() if k not in names})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# A record field's declared type -> the check of a value read from JSON, and its name.
+_TYPE_CHECKS = {
+    "str": lambda v: isinstance(v, str), "int": lambda v: _is_number(v) and isinstance(v, int),
+    "float": _is_number, "dict": lambda v: isinstance(v, dict),
+    "list[float]": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+}
+_TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number",
+               "dict": "a mapping", "list[float]": "a list of numbers"}
+_TYPE_NAMES.update({f"{name} | None": f"{text} or null" for name, text in _TYPE_NAMES.items()})
+
+
+def _has_type(value: Any, declared: str) -> bool:
+    base = declared.removesuffix(" | None")
+    if value is None:
+        return declared.endswith(" | None")
+    check = _TYPE_CHECKS.get(base)
+    return check is None or check(value)
 
 
 def write_result(expdir: str | Path, result: DownstreamResult) -> Path:
