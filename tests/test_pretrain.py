@@ -70,18 +70,18 @@ def test_bad_manifests_are_explained(tmp_path):
 
 def test_batches_respect_max_tokens_and_cover_every_utterance():
     sizes = np.random.default_rng(0).integers(4000, 30000, size=200)
-    sampler = LengthBatchSampler(sizes, 100000, seed=3)
+    sampler = LengthBatchSampler(sizes, sizes, 100000, seed=3)
     seen = []
     for batch in sampler:
         assert len(batch) * sizes[batch].max() <= 100000
         seen += batch
     assert sorted(seen) == list(range(200))
-    shards = [list(LengthBatchSampler(sizes, 100000, seed=3, rank=r, world_size=2))
+    shards = [list(LengthBatchSampler(sizes, sizes, 100000, seed=3, rank=r, world_size=2))
               for r in range(2)]
     assert len(shards[0]) == len(shards[1])
     assert not {tuple(b) for b in shards[0]} & {tuple(b) for b in shards[1]}
     with pytest.raises(UserError, match="max_tokens"):
-        LengthBatchSampler(sizes, 20000, seed=3)
+        LengthBatchSampler(sizes, sizes, 20000, seed=3)
 
 
 def test_config_errors_list_valid_keys(manifest, tmp_path):
@@ -105,9 +105,11 @@ def test_planner_reproduces_the_seed_update_counts():
     assert abs(half / 148685 - 1) < 0.015
 
 
-def test_polynomial_schedule():
-    assert polynomial_lr(0, 1.0, 10, 100) == pytest.approx(0.1)
-    assert polynomial_lr(9, 1.0, 10, 100) == pytest.approx(1.0)
+def test_polynomial_schedule_numbers_updates_as_fairseq():
+    """fairseq sets the lr for `n` finished updates: the first update runs at lr 0."""
+    assert polynomial_lr(0, 1.0, 10, 100) == 0.0
+    assert polynomial_lr(1, 1.0, 10, 100) == pytest.approx(0.1)
+    assert polynomial_lr(10, 1.0, 10, 100) == pytest.approx(1.0)
     assert polynomial_lr(55, 1.0, 10, 100) == pytest.approx(0.5)
     assert polynomial_lr(100, 1.0, 10, 100) == 0.0
 

@@ -19,6 +19,7 @@ from tera.errors import UserError
 from tera.model.config import TeraConfig
 from tera.presets import canonical_name, read_preset
 from tera.pretrain.fork_yaml import ignored_line, ignored_reason
+from tera.pretrain.optim import ADAM_VARIANTS
 from tera.runs.overrides import apply_overrides
 
 
@@ -78,6 +79,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.dataset.max_tokens < cfg.task.min_sample_size:
         raise UserError("dataset.max_tokens is smaller than one utterance of "
                         "task.min_sample_size: no batch could be formed")
+    for key in ("dataset.required_batch_size_multiple", "common.max_consecutive_skips"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise UserError(f"{key} must be at least 1, got {OmegaConf.select(cfg, key)}")
+    if cfg.optimizer.adam_variant not in ADAM_VARIANTS:
+        raise UserError(f"optimizer.adam_variant must be one of {', '.join(ADAM_VARIANTS)}, "
+                        f"got {cfg.optimizer.adam_variant!r}")
 
 
 def to_plain(cfg: DictConfig) -> dict:
