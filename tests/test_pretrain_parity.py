@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from benchmarks.fork_parity import fairseq_batch_by_size, fairseq_ordered_indices
+
 from tera.audio import load_audio
 from tera.cli import main
 from tera.pretrain.config import load_config
@@ -19,8 +19,11 @@ from tera.pretrain.data import CroppedAudio, size_ordered, token_batches, write_
 from tera.pretrain.optim import FairseqAdam
 from tera.pretrain.trainer import Trainer
 
+from . import test_pretrain
 from .paths import FLAC
-from .test_pretrain import error_lines, manifest, pretrain_args  # noqa: F401 (a fixture)
+from .test_pretrain import error_lines, pretrain_args
+
+manifest = test_pretrain.manifest  # the tiny manifest fixture, shared
 
 # --- guards: a NaN in a batch, after the audio checks passed --------------------------------
 
@@ -57,7 +60,7 @@ def finite_weights(path) -> bool:
 
 
 def test_a_nan_in_float32_stops_with_one_line_and_keeps_the_last_checkpoint(
-        manifest, tmp_path, capsys, monkeypatch):  # noqa: F811
+        manifest, tmp_path, capsys, monkeypatch):
     nan_in_batches(monkeypatch, {3})
     args = pretrain_args(manifest, tmp_path, "optimization.max_update=6",
                          "checkpoint.save_interval_updates=1")
@@ -72,7 +75,7 @@ def test_a_nan_in_float32_stops_with_one_line_and_keeps_the_last_checkpoint(
 
 
 def test_with_a_loss_scaler_a_nan_update_is_skipped_and_not_counted(manifest, tmp_path,
-                                                                    monkeypatch):  # noqa: F811
+                                                                    monkeypatch):
     seen = nan_in_batches(monkeypatch, {2})
     cfg = load_config("tiny", overrides=pretrain_args(manifest, tmp_path)[3:] + [
         "common.amp=fp16", "optimization.max_update=4", "dataset.validate_interval_updates=0"])
@@ -90,7 +93,7 @@ def test_with_a_loss_scaler_a_nan_update_is_skipped_and_not_counted(manifest, tm
 
 
 def test_too_many_skipped_updates_in_a_row_stop_with_one_line(manifest, tmp_path, capsys,
-                                                              monkeypatch):  # noqa: F811
+                                                              monkeypatch):
     nan_in_batches(monkeypatch, None, start=2)
     args = pretrain_args(manifest, tmp_path, "common.amp=bf16", "optimization.max_update=6",
                          "common.max_consecutive_skips=3")
