@@ -181,8 +181,9 @@ def test_two_gloo_processes_match_one_process_with_accumulation(manifest, tmp_pa
     """DDP over 2 processes (1 batch each) against 1 process accumulating the same 2 batches.
 
     Adam's first steps are ~lr * sign(g), which would turn round-off in near-zero gradients
-    into lr-sized differences; with a huge eps the update is lr * g / eps, so the weight
-    change is the (averaged) gradient itself and can be compared tightly.
+    into lr-sized differences; with a huge eps fairseq's Adam's first update is
+    lr * sqrt(1 - beta2) * g / eps, so the weight change is the (averaged) gradient times a
+    constant and can be compared tightly.
     """
     common = [f"task.data={manifest}", *TINY, "optimization.max_update=1",
               "dataset.validate_interval_updates=0", "model.encoder_layerdrop=0.0",
@@ -207,7 +208,7 @@ def test_two_gloo_processes_match_one_process_with_accumulation(manifest, tmp_pa
     assert one["extra_state"]["tera"]["update"] == two["extra_state"]["tera"]["update"] == 1
     moved = 0
     for name, start in initial.items():
-        grad_one = one["model"][name] - start  # = -gradient (lr / eps = 1)
+        grad_one = one["model"][name] - start  # = -gradient * sqrt(0.02) (lr / eps = 1)
         grad_two = two["model"][name] - start
         torch.testing.assert_close(grad_two, grad_one, atol=1e-7, rtol=1e-4, msg=name)
         moved += int(grad_one.abs().max() > 0)

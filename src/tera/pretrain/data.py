@@ -267,8 +267,10 @@ class LengthBatchSampler(Sampler[list[int]]):
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.state = SamplerState()
         if len(self.batches) < world_size:
+            dropped = (f" (a last batch whose size is no multiple of {multiple} is dropped, "
+                       "see dataset.required_batch_size_multiple)" if multiple > 1 else "")
             raise UserError(f"only {len(self.batches)} batches for {world_size} processes: "
-                            "the data set is too small for this many workers")
+                            f"the data set is too small for this many workers{dropped}")
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.batches)))
