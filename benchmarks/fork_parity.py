@@ -149,7 +149,10 @@ def write_audio(folder: Path, count: int, seed: int) -> None:
         sf.write(folder / f"u{i:03d}.wav", wave[start : start + length], 16000)
 
 
-def update_losses(updates: int, max_tokens: int) -> dict:
+def update_losses(updates: int, max_tokens: int, preset: str = "slim",
+                  overrides: tuple[str, ...] = ()) -> dict:
+    """The three sides' losses over `updates` updates of `preset` (see the module
+    docstring), with `overrides` on top."""
     from tera.pretrain.config import load_config
     from tera.pretrain.data import SamplerState, write_manifest
     from tera.pretrain.loss import tera_loss
@@ -165,7 +168,8 @@ def update_losses(updates: int, max_tokens: int) -> dict:
     cfg = load_config("slim", overrides=[
         f"task.data={folder / 'manifest'}", f"checkpoint.save_dir={folder / 'run'}",
         "common.amp=fp32", "common.device=cpu", "dataset.num_workers=0",
-        f"dataset.max_tokens={max_tokens}", "task.min_sample_size=16000", *dropout_off])
+        f"dataset.max_tokens={max_tokens}", "task.min_sample_size=16000", *dropout_off,
+        *overrides])
     trainer = Trainer(cfg)
     initial = copy.deepcopy(trainer.model.state_dict())
     peak, warmup = float(cfg.optimization.lr), int(cfg.lr_scheduler.warmup_updates)

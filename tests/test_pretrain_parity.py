@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from benchmarks.fork_parity import fairseq_batch_by_size, fairseq_ordered_indices
+from benchmarks.fork_parity import fairseq_batch_by_size, fairseq_ordered_indices, update_losses
 
 from tera.audio import load_audio
 from tera.cli import main
@@ -148,6 +148,19 @@ def test_a_layer_skipped_by_layerdrop_still_moves():
     torch_weight.grad = None
     adamw.step()
     assert torch.equal(torch_weight.detach(), kept)  # torch's Adam leaves it alone
+
+
+def test_updates_match_a_port_of_fairseqs_recipe():
+    """benchmarks/fork_parity.py's comparison, small: tiny with LayerDrop on (so skipped
+    layers' zero-filled steps count), past the warm-up so the schedule's numbering shows."""
+    result = update_losses(4, 48000, preset="tiny", overrides=(
+        "model.encoder_layerdrop=0.3", "criterion.target_norm=none", "task.max_sample_size=16000",
+        "lr_scheduler.warmup_updates=2", "optimization.lr=0.01"))
+    rows = result["rows"]
+    assert rows[0]["lr_fork"] == rows[0]["lr_tera"] == 0.0
+    assert [r["lr_tera"] for r in rows] == pytest.approx([r["lr_fork"] for r in rows])
+    assert result["max_gap_tera"] < 1e-5
+    assert result["max_gap_before"] > 1e-4  # what the comparison can tell apart
 
 
 # --- batches as fairseq makes them ---------------------------------------------------------
