@@ -282,14 +282,16 @@ class Trainer:
 
     def _non_finite(self, loss: float, grad_norm: float) -> str:
         """What was not finite in this update ("" when all was), as every rank sees it."""
-        flags = torch.tensor([not math.isfinite(loss), not math.isfinite(grad_norm)],
-                             dtype=torch.float32, device=self.device)
+        bad_loss, bad_norm = not math.isfinite(loss), not math.isfinite(grad_norm)
         if self.world_size > 1:  # a NaN loss on one rank: every rank must skip or stop
+            flags = torch.tensor([bad_loss, bad_norm], dtype=torch.float32, device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad_loss, bad_norm = bool(flags[0]), bool(flags[1])
         problems = []
-        if flags[0]:
-            problems.append(f"the loss is {loss if not math.isfinite(loss) else 'non-finite'}")
-        if flags[1]:
+        if bad_loss:
+            local = loss if not math.isfinite(loss) else "non-finite on another process"
+            problems.append(f"the loss is {local}")
+        if bad_norm:
             problems.append(f"the gradient norm is {grad_norm}")
         return " and ".join(problems)
 
