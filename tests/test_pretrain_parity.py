@@ -14,6 +14,7 @@ from benchmarks.fork_parity import fairseq_batch_by_size, fairseq_ordered_indice
 
 from tera.audio import load_audio
 from tera.cli import main
+from tera.errors import UserError
 from tera.pretrain.config import load_config
 from tera.pretrain.data import CroppedAudio, size_ordered, token_batches, write_manifest
 from tera.pretrain.optim import FairseqAdam
@@ -102,6 +103,19 @@ def test_too_many_skipped_updates_in_a_row_stop_with_one_line(manifest, tmp_path
     assert line.startswith("tera pretrain: error: update 2 (epoch ")
     assert "3 updates in a row skipped (common.max_consecutive_skips = 3), stopped: no " \
            "checkpoint_last.pt was written yet" in line
+
+
+def test_the_new_settings_are_checked_before_a_run(manifest, tmp_path):
+    def config(*extra: str):
+        return load_config("tiny", overrides=pretrain_args(manifest, tmp_path, *extra)[3:])
+
+    assert config().optimizer.adam_variant == "fairseq"
+    with pytest.raises(UserError, match="optimizer.adam_variant must be one of fairseq, torch"):
+        config("optimizer.adam_variant=adamw")
+    with pytest.raises(UserError, match="required_batch_size_multiple must be at least 1, got 0"):
+        config("dataset.required_batch_size_multiple=0")
+    with pytest.raises(UserError, match="common.max_consecutive_skips must be at least 1"):
+        config("common.max_consecutive_skips=0")
 
 
 # --- fairseq's Adam ------------------------------------------------------------------------
