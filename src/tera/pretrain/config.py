@@ -26,6 +26,7 @@ from tera.model.config import TeraConfig
 from tera.presets import COMMON, canonical_name, preset_dir, preset_file, read_preset
 from tera.pretrain.devices import BACKENDS, DEVICES
 from tera.pretrain.fork_yaml import ignored_line, ignored_reason
+from tera.pretrain.optim import ADAM_VARIANTS
 from tera.runs.overrides import apply_overrides, coerce
 
 
@@ -121,6 +122,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "common.device": _one_of(*DEVICES),
     "common.amp": _one_of("auto", "bf16", "fp16", "fp32"),
     "common.log_interval": (_count(1), "an integer of at least 1"),
+    "common.max_consecutive_skips": (_count(1), "an integer of at least 1"),
     "checkpoint.save_interval_updates": (_count(0), "an integer of at least 0 (0: never)"),
     "checkpoint.keep_interval_updates": (_count(-1), "an integer (0 or less: keep all)"),
     "distributed_training.distributed_backend": _one_of(*BACKENDS),
@@ -130,6 +132,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.max_sample_size": (_count(1), "an integer of at least 1"),
     "task.min_sample_size": (_count(0), "an integer of at least 0"),
     "dataset.max_tokens": (_count(1), "an integer of at least 1"),
+    "dataset.required_batch_size_multiple": (_count(1), "an integer of at least 1"),
     "dataset.num_workers": (_count(0), "an integer of at least 0 (0: load in this process)"),
     "dataset.validate_interval_updates": (_count(0), "an integer of at least 0 (0: at the end)"),
     "criterion.feature_pen_weight": (_number(0), "a finite number of at least 0"),
@@ -139,6 +142,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimization.clip_norm": (_number(0), "a finite number of at least 0 (0: no clipping)"),
     "optimization.update_freq": (_count(1), "an integer of at least 1"),
     "optimizer.adam_betas": (_betas, "two numbers in [0, 1), e.g. [0.9, 0.98]"),
+    "optimizer.adam_variant": _one_of(*ADAM_VARIANTS),
     "optimizer.adam_eps": (_number(0), "a finite number of at least 0"),
     "optimizer.weight_decay": (_number(0), "a finite number of at least 0"),
     "lr_scheduler.warmup_updates": (_count(0), "an integer of at least 0"),

@@ -1,4 +1,5 @@
-"""Pre-training data: fairseq manifests, random crops, and batches bounded by `max_tokens`.
+"""Pre-training data: fairseq manifests, random crops, and batches bounded by `max_tokens`,
+cut and ordered as the fairseq fork cuts and orders them.
 
 Everything random here is a pure function of (seed, epoch, index), so a resumed run sees
 exactly the batches and crops it would have seen, whatever the number of workers.
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tera.audio import audio_info, load_crop
+from tera.audio import audio_info, load_audio
 from tera.errors import UserError
 from tera.pretrain.file_check import check_audio_files
 from tera.runs.files import ensure_folder, write_text
@@ -90,11 +91,17 @@ def read_manifest(path: str | Path) -> tuple[Path, list[tuple[str, int]]]:
 
 
 class CroppedAudio(Dataset):
-    """Utterances of a manifest at least `min_sample_size` long, randomly cropped to at most
-    `max_sample_size` samples (the crop offset depends on seed, epoch and index only)."""
+    """Utterances of a manifest at least `min_sample_size` long, cut to a common length per
+    batch as fairseq's HuBERT-style dataset does (the fork's `tera_pretraining` task).
+
+    `collate` crops every utterance of a batch to the batch's shortest (`pad_audio` false,
+    the fork's setting) or its longest, padding the shorter ones (`pad_audio` true), and to
+    at most `max_sample_size` samples either way; with `random_crop` the offset of each crop
+    is random, a function of (seed, epoch, index) only, else the crop starts at 0.
+    """
 
     def __init__(self, manifest: str | Path, max_sample_size: int, min_sample_size: int,
-                 random_crop: bool = True, seed: int = 0) -> None:
+                 random_crop: bool = True, seed: int = 0, pad_audio: bool = False) -> None:
         self.manifest = Path(manifest)
         self.root, entries = read_manifest(manifest)
         kept = [(rel, n) for rel, n in entries if n >= min_sample_size]
@@ -105,6 +112,7 @@ class CroppedAudio(Dataset):
         self.sizes = np.array([n for _, n in kept])
         self.dropped = len(entries) - len(kept)
         self.max_sample_size, self.random_crop, self.seed = max_sample_size, random_crop, seed
+        self.pad_audio = pad_audio
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -115,16 +123,36 @@ class CroppedAudio(Dataset):
         manifest content): one `UserError` naming the manifest and the unusable files."""
         check_audio_files(self.manifest, self.root, self.files, threads)
 
-    def crop_sizes(self) -> np.ndarray:
-        return np.minimum(self.sizes, self.max_sample_size)
+    def num_tokens(self) -> np.ndarray:
+        """What an utterance counts against `max_tokens`, as fairseq counts it: its crop
+        size when batches are cut to their shortest, its full length when they are padded."""
+        return self.sizes if self.pad_audio else np.minimum(self.sizes, self.max_sample_size)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        def start(excess: int) -> int:
-            if not self.random_crop:
-                return 0
-            return int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        """(index, the whole utterance); `collate` cuts it."""
+        return index, load_audio(self.root / self.files[index])
 
-        return load_crop(self.root / self.files[index], self.max_sample_size, start)
+    def crop(self, index: int, wave: torch.Tensor, size: int) -> torch.Tensor:
+        """At most `size` samples of utterance `index`, from a random offset if
+        `random_crop`."""
+        excess = len(wave) - size
+        if excess <= 0:
+            return wave
+        start = 0
+        if self.random_crop:
+            start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+        return wave[start : start + size]
+
+    def utterance(self, index: int) -> torch.Tensor:
+        """Utterance `index` alone, cut to at most `max_sample_size`."""
+        return self.crop(index, self[index][1], self.max_sample_size)
+
+    def collate(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of (index, wave) -> (waves `[batch, sample]`, lengths `[batch]`), every
+        wave cut to the batch's length (see the class docstring)."""
+        lengths = [len(wave) for _, wave in items]
+        size = min(max(lengths) if self.pad_audio else min(lengths), self.max_sample_size)
+        return collate([self.crop(index, wave, size) for index, wave in items])
 
 
 @contextmanager
@@ -171,6 +199,40 @@ def length_batches(sizes: np.ndarray, max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def size_ordered(sizes: np.ndarray, seed: int) -> np.ndarray:
+    """Indices longest first, equal sizes in a random order, drawn as fairseq draws it for a
+    run's batches (`ordered_indices` under numpy's legacy generator seeded with seed + 1)."""
+    tie_break = np.random.RandomState(seed + 1).permutation(len(sizes))
+    return np.lexsort([tie_break, sizes])[::-1]
+
+
+def token_batches(order: np.ndarray, num_tokens: np.ndarray, max_tokens: int,
+                  multiple: int = 1) -> list[list[int]]:
+    """Cut `order` (longest first) into consecutive batches as fairseq's `batch_by_size`
+    does: a batch takes as many utterances as keep (count x its longest) within `max_tokens`,
+    rounded down to a multiple of `multiple` once it holds that many; the last batch is
+    dropped when its size is not a multiple of `multiple`."""
+    if len(num_tokens) and num_tokens.max() > max_tokens:
+        raise UserError(f"an utterance of {int(num_tokens.max())} samples exceeds "
+                        f"dataset.max_tokens = {max_tokens}; raise max_tokens, or lower "
+                        "task.max_sample_size with task.pad_audio false")
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start, 0
+        while end < len(order) and (end - start + 1) * max(longest, num_tokens[order[end]]) \
+                <= max_tokens:
+            longest = max(longest, int(num_tokens[order[end]]))
+            end += 1
+        count = end - start
+        if count >= multiple:
+            count -= count % multiple
+        batches.append([int(i) for i in order[start : start + count]])
+        start += count
+    if multiple > 1 and batches and len(batches[-1]) % multiple:
+        batches.pop()
+    return batches
+
+
 @dataclass
 class SamplerState:
     epoch: int = 0
@@ -178,25 +240,33 @@ class SamplerState:
 
 
 class LengthBatchSampler(Sampler[list[int]]):
-    """Length-bucketed batches in a seeded random order, sharded by rank.
+    """fairseq's batches (`size_ordered`, `token_batches`), made once per run, in a new
+    random order every epoch, sharded by rank.
 
-    Every rank gets the same number of batches per epoch (the tail that does not divide by
-    the world size is dropped), so data-parallel steps stay in lockstep.
+    `sizes` orders the utterances, `num_tokens` is what each counts against `max_tokens`
+    (both `CroppedAudio`'s). The epoch order is drawn as fairseq draws it (numpy's legacy
+    generator seeded with seed + epoch, epochs counted from 1). Every rank gets the same
+    number of batches per epoch (the tail that does not divide by the world size is
+    dropped), so data-parallel steps stay in lockstep.
     """
 
-    def __init__(self, sizes: np.ndarray, max_tokens: int, seed: int, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:
-        self.batches = length_batches(sizes, max_tokens)
+    def __init__(self, sizes: np.ndarray, num_tokens: np.ndarray, max_tokens: int, seed: int,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 multiple: int = 1) -> None:
+        self.batches = token_batches(size_ordered(sizes, seed), num_tokens, max_tokens,
+                                     multiple)
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.state = SamplerState()
         if len(self.batches) < world_size:
+            dropped = (f" (a last batch whose size is no multiple of {multiple} is dropped, "
+                       "see dataset.required_batch_size_multiple)" if multiple > 1 else "")
             raise UserError(f"only {len(self.batches)} batches for {world_size} processes: "
-                            "the data set is too small for this many workers")
+                            f"the data set is too small for this many workers{dropped}")
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.batches)))
         if self.shuffle:
-            random.Random(self.seed * 100003 + epoch).shuffle(order)
+            np.random.RandomState(self.seed + epoch + 1).shuffle(order)
         per_rank = len(order) // self.world_size
         mine = order[self.rank :: self.world_size][:per_rank]
         return [self.batches[i] for i in mine]

@@ -49,7 +49,7 @@ IGNORED: dict[str, str] = {
 }
 _HUBERT_OPTION = "HuBERT options TERA2 does not use"
 # Keys whose value selects what tera-speech implements (registry names, the TERA loss on
-# masked frames only, cropping rather than padding): any other value cannot be honoured.
+# masked frames only): any other value cannot be honoured.
 REQUIRED: dict[str, Any] = {
     "model._name": "tera",
     "task._name": "tera_pretraining",
@@ -58,7 +58,6 @@ REQUIRED: dict[str, Any] = {
     "lr_scheduler._name": "polynomial_decay",
     "criterion.pred_masked_weight": 1.0,
     "criterion.pred_nomask_weight": 0.0,
-    "task.pad_audio": False,
 }
 
 

@@ -32,15 +32,10 @@ from tera.model.components import flush_denormals, keep_freed_memory
 from tera.model.tera import TeraModel
 from tera.presets import forward_flops, model_config
 from tera.pretrain.config import to_plain
-from tera.pretrain.data import (
-    CroppedAudio,
-    LengthBatchSampler,
-    SamplerState,
-    collate,
-    unwrap_worker_error,
-)
+from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, unwrap_worker_error
 from tera.pretrain.devices import distributed_env, start_process_group, training_device
 from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
+from tera.pretrain.optim import build_optimizer, polynomial_lr
 from tera.runs.checkpoints import interval_checkpoint_name, interval_checkpoints, keep_newest
 from tera.runs.files import ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
@@ -49,17 +44,12 @@ from tera.runs.records import TrainingState
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
+LN2 = math.log(2)  # fairseq logs losses in base 2: loss / ln 2
 
 
-def polynomial_lr(update: int, peak: float, warmup: int, total: int, end: float = 0.0,
-                  power: float = 1.0) -> float:
-    """Linear warm-up to `peak`, then polynomial decay to `end` at `total` updates."""
-    if warmup > 0 and update < warmup:
-        return peak * (update + 1) / warmup
-    if update >= total:
-        return end
-    remaining = 1.0 - (update - warmup) / max(total - warmup, 1)
-    return end + (peak - end) * remaining**power
+class NonFiniteUpdate(UserError):
+    """An update met a non-finite loss or gradient norm and the run stops (the weights and
+    the last checkpoint are as the last good update left them)."""
 
 
 def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -71,8 +61,8 @@ def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None
     """
     if amp == "fp32":
         return None, False
-    if amp == "fp16":
-        return torch.float16, device.type == "cuda"
+    if amp == "fp16":  # fp16's narrow range needs loss scaling on any device
+        return torch.float16, True
     if amp == "bf16":
         return torch.bfloat16, False
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -105,10 +95,10 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(cfg.distributed_training.find_unused_parameters),
             )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=float(cfg.optimization.lr),
-            betas=tuple(cfg.optimizer.adam_betas), eps=float(cfg.optimizer.adam_eps),
-            weight_decay=float(cfg.optimizer.weight_decay),
+        self.optimizer = build_optimizer(
+            self.model.parameters(), str(cfg.optimizer.adam_variant),
+            lr=float(cfg.optimization.lr), betas=tuple(cfg.optimizer.adam_betas),
+            eps=float(cfg.optimizer.adam_eps), weight_decay=float(cfg.optimizer.weight_decay),
         )
         self.amp_dtype, needs_scaler = choose_precision(cfg.common.amp, self.device)
         if not cfg.common.fp16 and self.device.type == "cuda" and cfg.common.amp == "auto":
@@ -118,12 +108,15 @@ class Trainer:
         task = cfg.task
         data = Path(task.data)
         self.train_set = CroppedAudio(data / "train.tsv", task.max_sample_size,
-                                      task.min_sample_size, task.random_crop, self.seed)
+                                      task.min_sample_size, task.random_crop, self.seed,
+                                      task.pad_audio)
         self.valid_set = (CroppedAudio(data / "valid.tsv", task.max_sample_size,
-                                       task.min_sample_size, False, self.seed)
+                                       task.min_sample_size, False, self.seed, task.pad_audio)
                           if _has_entries(data / "valid.tsv") else None)
-        self.sampler = LengthBatchSampler(self.train_set.crop_sizes(), cfg.dataset.max_tokens,
-                                          self.seed, self.rank, self.world_size)
+        self.sampler = LengthBatchSampler(
+            self.train_set.sizes, self.train_set.num_tokens(), cfg.dataset.max_tokens,
+            self.seed, self.rank, self.world_size,
+            multiple=int(cfg.dataset.required_batch_size_multiple))
         for dataset in (self.train_set, self.valid_set):  # before the first update
             if dataset is not None:
                 dataset.check_files()
@@ -137,6 +130,8 @@ class Trainer:
         self.train_flops = 0.0
         self.target_stats: TargetStats | None = None  # criterion.target_norm "dataset"
         self.stop_signal: int | None = None  # SIGINT / SIGTERM received: stop after the update
+        self.skipped_in_a_row = 0  # mixed precision: updates skipped for a non-finite value
+        self.saved_update: int | None = None  # the update checkpoint_last.pt holds
         self.log: RunLog | None = None
 
     # --- the loop ------------------------------------------------------------------------
@@ -192,6 +187,9 @@ class Trainer:
                 started = time.perf_counter()
                 stats = self._update(micro)
                 self.wall_time += time.perf_counter() - started
+                if stats is None:  # skipped (mixed precision, non-finite): not an update
+                    window.skipped += 1
+                    continue
                 window.add(stats, time.perf_counter() - started)
                 self.update += 1
                 bar.update(1)
@@ -224,20 +222,23 @@ class Trainer:
         the manifest: the same on every rank, kept in the checkpoint for resumed runs."""
         count = len(self.train_set)
         picks = sorted({i * count // max_utterances for i in range(min(count, max_utterances))})
-        return target_statistics(self.train_set[i] for i in picks)
+        return target_statistics(self.train_set.utterance(i) for i in picks)
 
     def _batches(self):
         """Iterate the rest of the current epoch, counting consumed batches in the state."""
         self.train_set.epoch = self.sampler.state.epoch
         workers = int(self.cfg.dataset.num_workers)
-        loader = DataLoader(self.train_set, batch_sampler=self.sampler, collate_fn=collate,
+        loader = DataLoader(self.train_set, batch_sampler=self.sampler,
+                            collate_fn=self.train_set.collate,
                             num_workers=workers, pin_memory=self.device.type == "cuda")
         with unwrap_worker_error():
             for batch in loader:
                 self.sampler.state.position += 1
                 yield batch
 
-    def _update(self, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    def _update(self, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> dict | None:
+        """One optimizer update over the micro-batches; None when it was skipped (see
+        `_non_finite`)."""
         cfg = self.cfg
         lr = polynomial_lr(self.update, float(cfg.optimization.lr),
                            int(cfg.lr_scheduler.warmup_updates), int(cfg.optimization.max_update),
@@ -267,12 +268,62 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                    float(cfg.optimization.clip_norm))
+        problem = self._non_finite(totals["loss"], float(grad_norm))
+        if problem:
+            self._skip_or_stop(problem, len(micro))
+            return None
+        self.skipped_in_a_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         audio = totals["samples"] * self.world_size / 16000
         self.audio_seconds += audio
         self.train_flops += totals["samples"] * self.world_size * self.flops_per_sample
         return {**totals, "lr": lr, "grad_norm": float(grad_norm), "audio_seconds": audio}
+
+    def _non_finite(self, loss: float, grad_norm: float) -> str:
+        """What was not finite in this update ("" when all was), as every rank sees it."""
+        bad_loss, bad_norm = not math.isfinite(loss), not math.isfinite(grad_norm)
+        if self.world_size > 1:  # a NaN loss on one rank: every rank must skip or stop
+            flags = torch.tensor([bad_loss, bad_norm], dtype=torch.float32, device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad_loss, bad_norm = bool(flags[0]), bool(flags[1])
+        problems = []
+        if bad_loss:
+            local = loss if not math.isfinite(loss) else "non-finite on another process"
+            problems.append(f"the loss is {local}")
+        if bad_norm:
+            problems.append(f"the gradient norm is {grad_norm}")
+        return " and ".join(problems)
+
+    def _skip_or_stop(self, problem: str, batches: int) -> None:
+        """fairseq's answer to a non-finite update: in float32 stop at once; in mixed
+        precision skip it (the loss scaler, if any, lowers its scale), do not count it, and
+        stop after `common.max_consecutive_skips` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        number = self.update + 1
+        where = f"update {number} ({self._batch_files(batches)}): {problem}"
+        kept = (f"{self.save_dir / LAST} holds update {self.saved_update}"
+                if self.saved_update is not None else f"no {LAST} was written yet")
+        if self.amp_dtype is None:
+            raise NonFiniteUpdate(f"{where}; stopped without applying it: {kept}")
+        self.scaler.update()
+        self.skipped_in_a_row += 1
+        limit = int(self.cfg.common.max_consecutive_skips)
+        if self.skipped_in_a_row >= limit:
+            scale = (f", loss scale now {self.scaler.get_scale():g}"
+                     if self.scaler.is_enabled() else "")
+            raise NonFiniteUpdate(f"{where}; {self.skipped_in_a_row} updates in a row skipped "
+                                  f"(common.max_consecutive_skips = {limit}{scale}), "
+                                  f"stopped: {kept}")
+
+    def _batch_files(self, batches: int) -> str:
+        """The first files of the last `batches` batches this rank read, for messages."""
+        state = self.sampler.state
+        epoch = self.sampler.epoch_batches(state.epoch)
+        indices = [i for batch in epoch[state.position - batches : state.position] for i in batch]
+        names = [self.train_set.files[i] for i in indices[:3]]
+        more = f" and {len(indices) - 3} more" if len(indices) > 3 else ""
+        return f"epoch {state.epoch + 1}, files {', '.join(names)}{more}"
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -284,9 +335,11 @@ class Trainer:
         if self.valid_set is None:
             return None
         self.model.eval()
-        sampler = LengthBatchSampler(self.valid_set.crop_sizes(), self.cfg.dataset.max_tokens,
-                                     self.seed, shuffle=False)
-        loader = DataLoader(self.valid_set, batch_sampler=sampler, collate_fn=collate)
+        # Every validation utterance, every time: no batch is dropped for its size.
+        sampler = LengthBatchSampler(self.valid_set.sizes, self.valid_set.num_tokens(),
+                                     self.cfg.dataset.max_tokens, self.seed, shuffle=False)
+        loader = DataLoader(self.valid_set, batch_sampler=sampler,
+                            collate_fn=self.valid_set.collate)
         total, count = 0.0, 0
         with unwrap_worker_error():
             for number, (waves, lengths) in enumerate(loader):
@@ -301,11 +354,12 @@ class Trainer:
             self.best_valid = valid_loss
             if self.is_main:
                 save_torch(self._checkpoint(), self.save_dir / BEST)
-        if self.is_main:
-            self.log.write({"update": self.update, "valid_loss": valid_loss,
-                            "best_valid_loss": self.best_valid}, prefix="valid/", echo=False)
-            tqdm.write(f"update {self.update}: valid_loss {valid_loss:.4f} "
-                       f"(best {self.best_valid:.4f})", file=sys.stderr)
+        if self.is_main:  # logged in base 2 as fairseq logs it; the checkpoint keeps nats
+            self.log.write({"update": self.update, "valid_loss": valid_loss / LN2,
+                            "best_valid_loss": self.best_valid / LN2,
+                            "valid_loss_nats": valid_loss}, prefix="valid/", echo=False)
+            tqdm.write(f"update {self.update}: valid_loss {valid_loss / LN2:.4f} "
+                       f"(best {self.best_valid / LN2:.4f})", file=sys.stderr)
         return valid_loss
 
     # --- logging ----------------------------------------------------------------------------
@@ -342,6 +396,7 @@ class Trainer:
             return
         checkpoint = self._checkpoint()
         save_torch(checkpoint, self.save_dir / LAST)
+        self.saved_update = self.update
         if interval:
             name = interval_checkpoint_name(self.sampler.state.epoch + 1, self.update)
             save_torch(checkpoint, self.save_dir / name)
@@ -370,6 +425,7 @@ class Trainer:
         self.optimizer.load_state_dict(raw["last_optimizer_state"])
         self.scaler.load_state_dict(state.scaler)
         self.update, self.best_valid = state.update, state.best_valid_loss
+        self.saved_update = state.update
         self.wall_time, self.audio_seconds = state.wall_time_s, state.audio_seconds
         self.train_flops = state.train_flops
         self.sampler.state = SamplerState(state.epoch, state.position)
@@ -410,6 +466,7 @@ class _Window:
 
     def __init__(self) -> None:
         self.count, self.seconds = 0, 0.0
+        self.skipped = 0  # updates skipped for a non-finite value (mixed precision)
         self.sums: dict[str, float] = {}
 
     def add(self, stats: dict, seconds: float) -> None:
@@ -422,10 +479,12 @@ class _Window:
     def summary(self, update: int) -> dict:
         mean = {k: v / self.count for k, v in self.sums.items() if k not in ("lr",)}
         return {
-            "update": update, "loss": mean["loss"], "reconstruction": mean["reconstruction"],
+            "update": update, "loss": mean["loss"] / LN2, "loss_nats": mean["loss"],
+            "reconstruction": mean["reconstruction"],
             "features_pen": mean["features_pen"], "grad_norm": mean["grad_norm"],
             "lr": self.sums["lr"], "updates_per_s": self.count / max(self.seconds, 1e-9),
             "audio_seconds_per_s": self.sums["audio_seconds"] / max(self.seconds, 1e-9),
+            "skipped_updates": self.skipped,
         }
 
 
