@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tera.audio import audio_info, load_audio
+from tera.audio import audio_info, load_audio, load_crop
 from tera.errors import UserError
 from tera.pretrain.file_check import check_audio_files
 from tera.runs.files import ensure_folder, write_text
@@ -132,20 +132,37 @@ class CroppedAudio(Dataset):
         """(index, the whole utterance); `collate` cuts it."""
         return index, load_audio(self.root / self.files[index])
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, torch.Tensor]]:
+        """A batch (what the DataLoader asks for): each utterance decoded only as far as its
+        crop, the batch's length taken from the manifest's sizes (a file whose length
+        differs from its line is cut again by `collate`), so a crop costs the same from a
+        10 s and a 20-minute file."""
+        sizes = self.sizes[indices]
+        size = min(int(sizes.max() if self.pad_audio else sizes.min()), self.max_sample_size)
+        return [(index, self._load_crop(index, size)) for index in indices]
+
+    def _load_crop(self, index: int, size: int) -> torch.Tensor:
+        return load_crop(self.root / self.files[index], size,
+                         lambda excess: self._crop_start(index, excess))
+
+    def _crop_start(self, index: int, excess: int) -> int:
+        """Where the crop of utterance `index` starts when it is `excess` samples too long:
+        random (a function of seed, epoch and index) with `random_crop`, else 0."""
+        if not self.random_crop:
+            return 0
+        return int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+
     def crop(self, index: int, wave: torch.Tensor, size: int) -> torch.Tensor:
-        """At most `size` samples of utterance `index`, from a random offset if
-        `random_crop`."""
+        """At most `size` samples of utterance `index` (see `_crop_start`)."""
         excess = len(wave) - size
         if excess <= 0:
             return wave
-        start = 0
-        if self.random_crop:
-            start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(excess + 1))
+        start = self._crop_start(index, excess)
         return wave[start : start + size]
 
     def utterance(self, index: int) -> torch.Tensor:
         """Utterance `index` alone, cut to at most `max_sample_size`."""
-        return self.crop(index, self[index][1], self.max_sample_size)
+        return self._load_crop(index, self.max_sample_size)
 
     def collate(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of (index, wave) -> (waves `[batch, sample]`, lengths `[batch]`), every
