@@ -110,11 +110,14 @@ def test_the_new_settings_are_checked_before_a_run(manifest, tmp_path):
         return load_config("tiny", overrides=pretrain_args(manifest, tmp_path, *extra)[3:])
 
     assert config().optimizer.adam_variant == "fairseq"
-    with pytest.raises(UserError, match="optimizer.adam_variant must be one of fairseq, torch"):
+    with pytest.raises(UserError, match="optimizer.adam_variant='adamw': expected one of "
+                                        "fairseq, torch"):
         config("optimizer.adam_variant=adamw")
-    with pytest.raises(UserError, match="required_batch_size_multiple must be at least 1, got 0"):
+    with pytest.raises(UserError, match="required_batch_size_multiple=0: expected an integer "
+                                        "of at least 1"):
         config("dataset.required_batch_size_multiple=0")
-    with pytest.raises(UserError, match="common.max_consecutive_skips must be at least 1"):
+    with pytest.raises(UserError, match="common.max_consecutive_skips=0: expected an integer "
+                                        "of at least 1"):
         config("common.max_consecutive_skips=0")
 
 
