@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from tera.corpora import librispeech
 from tera.corpora.g2p import predict
-from tera.corpora.lexicon import PHONEMES, word_phones
+from tera.corpora.lexicon import word_phones
+from tera.corpora.phones import PHONEMES
 from tera.downstream.asr import AsrTask
 from tera.downstream.buckets import utterance_batches
 from tera.downstream.pr import PrTask

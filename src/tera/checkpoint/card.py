@@ -4,6 +4,7 @@ safetensors export."""
 from __future__ import annotations
 
 from tera.checkpoint.common import LoadedCheckpoint
+from tera.presets import load_preset, model_config, model_cost, preset_names
 
 # The fields that make two models the same architecture (for naming a checkpoint's preset).
 ARCHITECTURE_FIELDS = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
@@ -15,8 +16,6 @@ ARCHITECTURE_FIELDS = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed
 def preset_name(ckpt: LoadedCheckpoint) -> str:
     """The preset a checkpoint was trained as (its metadata), else the first preset with the
     same architecture ("slim (same architecture)"), else "unknown"."""
-    from tera.presets import load_preset, model_config, preset_names
-
     if ckpt.metadata.get("preset"):
         return str(ckpt.metadata["preset"])
     for name in preset_names():
@@ -40,8 +39,6 @@ def model_card(ckpt: LoadedCheckpoint) -> str:
 def card_facts(ckpt: LoadedCheckpoint) -> list[str]:
     """A model card's facts, one bullet each: preset, architecture, size, cost, and the
     training summary of a `tera pretrain` checkpoint."""
-    from tera.presets import model_cost
-
     cfg, meta = ckpt.model_cfg, ckpt.metadata
     cost = model_cost(cfg)
     lines = [

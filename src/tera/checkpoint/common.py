@@ -12,34 +12,12 @@ import torch
 
 from tera.checkpoint.unpickler import to_plain
 from tera.errors import UserError
-from tera.model.config import TeraConfig
+from tera.model.config import (
+    REFERENCE_MODEL_DEFAULTS,
+    REFERENCE_TASK_DEFAULTS,
+    TeraConfig,
+)
 from tera.model.tera import TeraModel
-
-# The reference `TeraConfig` / `TeraPretrainingConfig` fields and defaults (s3prl tera2,
-# fairseq fork): s3prl builds both dataclasses from the converted file's dicts, so an
-# export must carry exactly these keys.
-REFERENCE_MODEL_DEFAULTS: dict[str, Any] = {
-    "label_rate": 100, "extractor_mode": "default", "encoder_layers": 12,
-    "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
-    "activation_fn": "gelu", "layer_type": "transformer", "dropout": 0.1,
-    "attention_dropout": 0.1, "activation_dropout": 0.0, "encoder_layerdrop": 0.0,
-    "dropout_input": 0.0, "dropout_features": 0.0, "final_dim": 0, "untie_final_proj": False,
-    "layer_norm_first": False,
-    "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    "conv_bias": False, "logit_temp": 0.1, "target_glu": False, "feature_grad_mult": 1.0,
-    "mask_length": 10, "mask_prob": 0.65, "mask_selection": "static", "mask_other": 0,
-    "no_mask_overlap": False, "mask_min_space": 1, "mask_channel_length": 10,
-    "mask_channel_prob": 0.0, "mask_channel_selection": "static", "mask_channel_other": 0,
-    "no_mask_channel_overlap": False, "mask_channel_min_space": 1, "conv_pos": 128,
-    "conv_pos_groups": 16, "latent_temp": [2, 0.5, 0.999995], "skip_masked": False,
-    "skip_nomask": False, "checkpoint_activations": False, "required_seq_len_multiple": 2,
-    "depthwise_conv_kernel_size": 31, "attn_type": "", "pos_enc_type": "abs", "fp16": False,
-}
-REFERENCE_TASK_DEFAULTS: dict[str, Any] = {
-    "label_rate": 100, "sample_rate": 16000, "normalize": False, "enable_padding": False,
-    "max_keep_size": None, "max_sample_size": None, "min_sample_size": None,
-    "random_crop": True, "pad_audio": False,
-}
 
 
 @dataclass

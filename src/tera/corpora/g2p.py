@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tera.corpora.lexicon import PHONEMES
+from tera.corpora.phones import PHONEMES
 from tera.errors import UserError
 
 # The model's input and output symbols, in the order of its embedding tables.

@@ -18,18 +18,13 @@ import logging
 from pathlib import Path
 
 from tera.corpora.base import Utterance
+from tera.corpora.g2p import predict
+from tera.corpora.phones import PHONEMES
 from tera.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LEXICON_NAME = "librispeech-lexicon.txt"
-
-# s3prl's phone set for PR (`downstream/ctc/vocab/phoneme.txt`, in its order): silence,
-# spoken noise, then the 39 ARPAbet phones, vowels with their stress (0, 1, 2).
-PHONEMES = tuple("""
-SIL SPN AA0 AA1 AA2 AE0 AE1 AE2 AH0 AH1 AH2 AO0 AO1 AO2 AW0 AW1 AW2 AY0 AY1 AY2 B CH D DH
-EH0 EH1 EH2 ER0 ER1 ER2 EY0 EY1 EY2 F G HH IH0 IH1 IH2 IY0 IY1 IY2 JH K L M N NG OW0 OW1 OW2
-OY0 OY1 OY2 P R S SH T TH UH0 UH1 UH2 UW0 UW1 UW2 V W Y Z ZH""".split())
 
 
 def find_lexicon(root: str | Path) -> list[Path]:
@@ -70,8 +65,6 @@ def word_phones(word: str, lexicon: dict[str, tuple[str, ...]] | None = None
     cmu = _cmudict()
     if word.lower() in cmu:
         return list(cmu[word.lower()]), "cmudict"
-    from tera.corpora.g2p import predict
-
     return predict(word), "g2p"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from tera.corpora import librispeech
-from tera.corpora.lexicon import PHONEMES
+from tera.corpora.phones import PHONEMES
 from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
 from tera.downstream.bootstrap import Items
 from tera.downstream.buckets import utterance_batches

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from tera.errors import UserError
 from tera.model.config import TeraConfig
 from tera.presets import COMMON, canonical_name, preset_dir, preset_file, read_preset
+from tera.presets.fork_layout import ignored_line, ignored_reason
 from tera.pretrain.devices import BACKENDS, DEVICES
-from tera.pretrain.fork_yaml import ignored_line, ignored_reason
 from tera.pretrain.optim import ADAM_VARIANTS
 from tera.runs.overrides import apply_overrides, coerce
 
@@ -35,7 +35,7 @@ def load_config(config_name: str, config_dir: str | Path | None = None,
     """The resolved training config of a preset with overrides applied and validated.
 
     Keys the fairseq fork's files and commands carry that TERA2 does not use (`task.label_dir`,
-    `hydra.*`, ...; see `tera.pretrain.fork_yaml`) are ignored, and named once on stderr."""
+    `hydra.*`, ...; see `tera.presets.fork_layout`) are ignored, and named once on stderr."""
     cfg, ignored = read_preset(config_name, config_dir)
     check_types(cfg, what=str(preset_file(config_name, config_dir)))  # before overrides
     for override in overrides:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tera.errors import UserError
-from tera.model.config import TeraConfig
+from tera.model.config import REFERENCE_MODEL_DEFAULTS, TeraConfig
 
 _NO_LABELS = "TERA2 reconstructs MFCC frames, it reads no k-means labels"
 _TORCHRUN = "torchrun sets up the processes"
@@ -74,8 +74,6 @@ def ignored_reason(key: str) -> str | None:
         return IGNORED["hydra"]
     section, _, name = key.partition(".")
     if section == "model" and name not in _model_fields():
-        from tera.checkpoint import REFERENCE_MODEL_DEFAULTS
-
         if name in REFERENCE_MODEL_DEFAULTS:
             return _HUBERT_OPTION
     return None

@@ -3,7 +3,7 @@
 A preset file states only what differs from `_common.yaml`; `load_preset` merges the two.
 The fairseq fork's file names (`tera_slim_200per_50flops_librispeech` -> `slim_200per_50flops`)
 and `slim_100per` (= `slim`) are accepted; so are the fork's files themselves, from a
-`config_dir` (`tera.pretrain.fork_yaml`).
+`config_dir` (`tera.presets.fork_layout`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.model.config import TARGET_DIM, TeraConfig
+from tera.presets.fork_layout import from_fork_layout
 
 ALIASES = {"slim_100per": "slim"}
 COMMON = "_common"
@@ -46,13 +47,12 @@ def load_preset(name: str, config_dir: str | Path | None = None) -> DictConfig:
 def read_preset(name: str, config_dir: str | Path | None = None
                 ) -> tuple[DictConfig, list[str]]:
     """The merged training config of a preset and the keys of its file that tera-speech does
-    not use (the fairseq fork's files have some: see `tera.pretrain.fork_yaml`).
+    not use (the fairseq fork's files have some: see `tera.presets.fork_layout`).
 
     With `config_dir`, the preset is looked up there first (`NAME.yaml`, or a path below it
     such as `exp/NAME` as Hydra allows; its own `_common.yaml` if it has one, else the
     packaged one), then among the packaged presets.
     """
-    from tera.pretrain.fork_yaml import from_fork_layout
 
     path = preset_file(name, config_dir)
     common = path.parent / f"{COMMON}.yaml"
