@@ -62,14 +62,19 @@ class PretrainRun:
 
 
 @dataclass
-class Upstream:
+class StudyUpstream:
     """One upstream at one study seed: a row of the report and what its jobs load."""
 
     label: str
-    kind: str  # "tera2" | "fbank"
+    kind: str  # "tera2" (pre-trained) | "random" (a random TERA) | "fbank"
     ckpt: str | None
     seed: int = 0
     run: PretrainRun | None = None
+
+    @property
+    def upstream_name(self) -> str:
+        """What `tera downstream -u` calls it."""
+        return "tera2" if self.kind == "random" else self.kind
 
 
 def study_config(path: str | Path | None, quick: bool) -> DictConfig:
@@ -241,7 +246,7 @@ def _run_study(spec: DictConfig, out: Path, jobs: int | None, seed_list: list[in
     tasks = list(spec.downstream.tasks)
     for upstream in upstreams:
         for task in tasks:
-            job = downstream_job(spec, task, upstream.kind, upstream.ckpt, corpus,
+            job = downstream_job(spec, task, upstream.upstream_name, upstream.ckpt, corpus,
                                  expdir(out, upstream.label, task, upstream.seed),
                                  f"{task} with {upstream.label}"
                                  + (f" (seed {upstream.seed})" if upstream.seed else ""),
@@ -271,35 +276,35 @@ def _run_study(spec: DictConfig, out: Path, jobs: int | None, seed_list: list[in
 
 
 def study_upstreams(spec: DictConfig, out: Path, runs: list[PretrainRun], seeds: list[int],
-                    seed_pretraining: bool) -> list[Upstream]:
+                    seed_pretraining: bool) -> list[StudyUpstream]:
     """Every upstream at every seed: the pre-trained models, FBANK, the random TERA."""
     upstreams = []
     for seed in seeds:
         source = seed if seed_pretraining else 0  # whose pre-trainings this seed evaluates
-        upstreams += [Upstream(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt"),
+        upstreams += [StudyUpstream(run.name, "tera2", str(run.save_dir / "checkpoint_last.pt"),
                                seed, run) for run in runs if run.seed == source]
         if "fbank" in spec.downstream.baselines:
-            upstreams.append(Upstream("fbank", "fbank", None, seed))
+            upstreams.append(StudyUpstream("fbank", "fbank", None, seed))
         if "random" in spec.downstream.baselines:
             folder = out / ("random_init" + (f"_seed{source}" if source else ""))
-            upstreams.append(Upstream("random TERA (100 %)", "tera2",
+            upstreams.append(StudyUpstream("random TERA (100 %)", "random",
                                       str(save_random_model(spec, folder, source)), seed))
     return upstreams
 
 
-def task_profiles(out: Path, upstream: Upstream, tasks: list[str]) -> dict[str, str]:
+def task_profiles(out: Path, upstream: StudyUpstream, tasks: list[str]) -> dict[str, str]:
     """The recipe profile each task ran with ("embedded" or "real": s3prl's settings), as
     the runs of `upstream` recorded it."""
     return {task: read_result(expdir(out, upstream.label, task, upstream.seed)
                               ).extra.get("profile", "not recorded") for task in tasks}
 
 
-def collect_results(out: Path, upstreams: list[Upstream], tasks: list[str]
+def collect_results(out: Path, upstreams: list[StudyUpstream], tasks: list[str]
                     ) -> tuple[list[UpstreamResult], dict]:
     """One report row per upstream label: each task's metric (the mean over the seeds), its
     bootstrap interval and the seeds' values; and the per-item statistics of every run
     ({label: {task: [Items of each seed]}}) for the paired tests."""
-    by_label: dict[str, list[Upstream]] = {}
+    by_label: dict[str, list[StudyUpstream]] = {}
     for upstream in upstreams:
         by_label.setdefault(upstream.label, []).append(upstream)
     results, items = [], {}
@@ -620,10 +625,8 @@ def upstream_result(label: str, kind: str, ckpt: str | None, run: PretrainRun | 
     from tera.checkpoint import load_checkpoint
     from tera.presets import count_parameters
 
-    result = UpstreamResult(name=label, kind="tera2" if label.startswith("tera2") else
-                            ("random" if kind == "tera2" else kind),
-                            metrics=metrics, layer_weights=weights)
-    if kind == "tera2" and ckpt:
+    result = UpstreamResult(name=label, kind=kind, metrics=metrics, layer_weights=weights)
+    if kind in ("tera2", "random") and ckpt:
         loaded = load_checkpoint(ckpt)
         result.parameters = count_parameters(loaded.model_cfg)
     if run is not None:

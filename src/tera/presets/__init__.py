@@ -117,6 +117,12 @@ def count_parameters(cfg: TeraConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def training_flops(cfg: TeraConfig, num_samples: int, utterances: float = 1.0) -> float:
+    """Training FLOPs of `utterances` utterances of `num_samples` samples: the forward pass
+    and a backward pass of about twice its cost (the usual 3 x forward)."""
+    return 3.0 * utterances * forward_flops(cfg, num_samples)["total"]
+
+
 def forward_flops(cfg: TeraConfig, num_samples: int, sample_rate: int = 16000) -> dict[str, float]:
     """Forward FLOPs of one utterance of `num_samples` samples, by part.
 

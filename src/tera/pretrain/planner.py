@@ -14,7 +14,7 @@ import math
 from omegaconf import DictConfig
 
 from tera.errors import UserError
-from tera.presets import forward_flops, load_preset, model_config
+from tera.presets import load_preset, model_config, training_flops
 
 MAX_UPDATES = 10**15  # far beyond any run; keeps the plan an exact integer
 
@@ -23,7 +23,7 @@ def flops_per_update(cfg: DictConfig) -> float:
     crop = int(cfg.task.max_sample_size)
     crops_per_batch = int(cfg.dataset.max_tokens) / crop
     update_freq = int(cfg.optimization.update_freq)
-    return 3.0 * crops_per_batch * forward_flops(model_config(cfg), crop)["total"] * update_freq
+    return training_flops(model_config(cfg), crop, crops_per_batch) * update_freq
 
 
 def plan(cfg: DictConfig, budget: DictConfig | None = None, fraction: float = 1.0) -> dict:

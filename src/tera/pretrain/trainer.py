@@ -30,7 +30,7 @@ from tera.checkpoint.training import read_training_checkpoint, training_checkpoi
 from tera.errors import UserError
 from tera.model.components import flush_denormals, keep_freed_memory
 from tera.model.tera import TeraModel
-from tera.presets import forward_flops, model_config
+from tera.presets import model_config, training_flops
 from tera.pretrain.config import to_plain
 from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, unwrap_worker_error
 from tera.pretrain.devices import distributed_env, start_process_group, training_device
@@ -125,8 +125,8 @@ class Trainer:
         self.best_valid = math.inf
         self.wall_time = 0.0
         self.audio_seconds = 0.0
-        self.flops_per_sample = 3 * forward_flops(self.model_cfg, task.max_sample_size)["total"] \
-            / task.max_sample_size
+        self.flops_per_sample = (training_flops(self.model_cfg, task.max_sample_size)
+                                 / task.max_sample_size)
         self.train_flops = 0.0
         self.target_stats: TargetStats | None = None  # criterion.target_norm "dataset"
         self.stop_signal: int | None = None  # SIGINT / SIGTERM received: stop after the update
