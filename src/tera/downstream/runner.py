@@ -33,6 +33,7 @@ from tera.downstream.bootstrap import interval, items_path, read_items, write_it
 from tera.downstream.features import FeatureCache, batches_by_length, pad_states
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
+from tera.downstream.recipe import check_recipe, declared_keys
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
@@ -45,7 +46,7 @@ from tera.runs.checkpoints import (
 from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
 from tera.runs.log import RunLog
-from tera.runs.overrides import apply_overrides, s3prl_overrides
+from tera.runs.overrides import apply_overrides, leaf_keys, s3prl_overrides
 from tera.runs.records import DownstreamResult, write_result
 from tera.upstream import Featurizer, load_upstream
 
@@ -116,12 +117,24 @@ def load_recipe(task: str, config: str | Path | None, profile: str | None,
         raise UserError(f"{path}: a recipe is a mapping of sections")
     profiles = cfg.pop("profiles", None) or {}
     if profile:
-        if profile not in profiles:
-            raise UserError(f"recipe {task} has no profile {profile!r}")
-        for key, value in profiles[profile].items():
-            OmegaConf.update(cfg, key, value, merge=True)
-    apply_overrides(cfg, overrides, what="downstream config")
+        if not isinstance(profiles, DictConfig) or profile not in profiles:
+            raise UserError(f"{path}: recipe {task} has no profile {profile!r}")
+        try:
+            for key, value in profiles[profile].items():
+                OmegaConf.update(cfg, key, value, merge=True)
+        except Exception as err:  # a profile entry that does not fit the recipe's sections
+            raise UserError(f"{path}: profile {profile!r} does not apply: "
+                            f"{' '.join(str(err).split())}") from err
+    check_recipe(task, cfg, what=str(path))  # the file's own mistakes name the file
+    apply_recipe_overrides(task, cfg, overrides)
+    check_recipe(task, cfg)
     return cfg
+
+
+def apply_recipe_overrides(task: str, cfg: DictConfig, overrides: list[str]) -> None:
+    """s3prl's `-o` overrides: a key the recipe holds or one the schema declares."""
+    apply_overrides(cfg, overrides, known=leaf_keys(cfg) + declared_keys(task),
+                    what="downstream config")
 
 
 def parse_overrides(text: str | None) -> list[str]:
@@ -378,7 +391,8 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         task, upstream = state["task"], state["upstream"]
         upstream_ckpt = upstream_ckpt or state["upstream_ckpt"]
         cfg = OmegaConf.create(state["config"])
-        apply_overrides(cfg, overrides or [], what="downstream config")
+        apply_recipe_overrides(task, cfg, overrides or [])
+        check_recipe(task, cfg)
         expdir = Path(expdir) if expdir else Path(init_ckpt).parent
         seed = int(state.get("seed", seed))
         data_root = data_root or state.get("data_root")
