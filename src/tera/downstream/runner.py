@@ -185,6 +185,12 @@ class Run:
         self.head: torch.nn.Module | None = None
         self.step = 0
         self.best: float | None = None
+        # where training stands inside its epochs, saved so that `-e states-N.ckpt` goes on
+        # exactly as the uninterrupted run: the epoch, the batches of it done, the batches
+        # accumulated towards the next update, the losses not logged yet, the random state
+        self.epoch, self.position, self.pending = 0, 0, 0
+        self.losses: list[float] = []
+        self.random_state: dict | None = None
 
     def build(self) -> None:
         self.head = self.task.build_head(self.upstream.hidden_size).to(self.device)
@@ -252,6 +258,9 @@ class Run:
             "profile": self.profile,
             "head": self.head.state_dict(), "featurizer": self.featurizer.state_dict(),
             "optimizer": self.optimizer.state_dict(), "seed": self.seed,
+            "progress": {"epoch": self.epoch, "position": self.position,
+                         "pending": self.pending, "losses": list(self.losses),
+                         "random": random_state(self.device)},
         }, path)
 
     def load(self, path: Path) -> None:
@@ -262,6 +271,11 @@ class Run:
         self.featurizer.load_state_dict(state["featurizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = int(state["step"]), state["best"]
+        progress = state.get("progress") or {}  # none in checkpoints of older versions
+        self.epoch, self.position = int(progress.get("epoch", 0)), int(progress.get("position", 0))
+        self.pending = int(progress.get("pending", 0))
+        self.losses = list(progress.get("losses", []))
+        self.random_state = progress.get("random")
 
     # --- training and evaluation ----------------------------------------------------------
 
@@ -291,23 +305,22 @@ class Run:
         total, accumulate = int(runner.total_steps), int(runner.gradient_accumulate_steps)
         bar = tqdm(total=total, initial=self.step, desc=f"{self.task.name} train", unit="step",
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        epoch, losses, pending = 0, [], 0
         self.head.train()
+        resumed = self.random_state is not None
         while self.step < total:
-            epoch += 1
-            torch.manual_seed(self.seed * 7919 + epoch)
-            batches = self._epoch(train, epoch)
+            batches, resumed = self._next_epoch(train, resumed), False
             if not batches:
                 raise UserError(f"{self.root}: no {self.task.name} training utterances")
-            for batch in batches:
+            for batch in batches[self.position:]:
+                self.position += 1
                 x, lengths = self.features(batch)
                 loss = self.task.loss(self.head, x, lengths, batch) / accumulate
                 loss.backward()
-                losses.append(loss.item() * accumulate)
-                pending += 1  # batches accumulated, counted across epochs as s3prl does
-                if pending < accumulate:
+                self.losses.append(loss.item() * accumulate)
+                self.pending += 1  # batches accumulated, counted across epochs as s3prl does
+                if self.pending < accumulate:
                     continue
-                pending = 0
+                self.pending = 0
                 params = list(self.featurizer.parameters()) + list(self.head.parameters())
                 norm = torch.nn.utils.clip_grad_norm_(params, float(runner.gradient_clipping))
                 if torch.isfinite(norm):  # s3prl skips the update of a NaN gradient norm
@@ -318,9 +331,9 @@ class Run:
                 self.step += 1
                 bar.update(1)
                 if self.step % int(runner.log_step) == 0:
-                    log({"step": self.step, "train_loss": float(np.mean(losses))})
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-                    losses = []
+                    log({"step": self.step, "train_loss": float(np.mean(self.losses))})
+                    bar.set_postfix(loss=f"{np.mean(self.losses):.3f}")
+                    self.losses = []
                 if self.task.dev_split and (self.step % int(runner.eval_step) == 0
                                             or self.step == total):
                     self._validate(log)
@@ -330,6 +343,19 @@ class Run:
                 if self.step >= total:
                     break
         bar.close()
+
+    def _next_epoch(self, train: list[Utterance], resumed: bool) -> list[list[Utterance]]:
+        """The batches to train on next: those of the saved epoch when a resumed run stopped
+        inside it (its first `position` done, the random state as it was then), else those
+        of a new epoch."""
+        if resumed:
+            batches = self._epoch(train, self.epoch)
+            set_random_state(self.random_state)
+            if self.position < len(batches):
+                return batches
+        self.epoch, self.position = self.epoch + 1, 0
+        torch.manual_seed(self.seed * 7919 + self.epoch)
+        return self._epoch(train, self.epoch)
 
     def _epoch(self, train: list[Utterance], epoch: int):
         return self.batches(self.task.epoch(train, self.seed * 31 + epoch), shuffle=True,
@@ -347,6 +373,24 @@ class Run:
     def best_items_path(self) -> Path:
         """The dev items scored by the best dev checkpoint (`dev-best_items.tsv`)."""
         return items_path(self.expdir, Path(self.task.best_name).stem)
+
+
+def random_state(device: torch.device) -> dict:
+    """The generators training draws from (dropout, SpecAugment, Python's `random`)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]  # tuples may come back as lists
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
