@@ -172,6 +172,21 @@ def test_a_resumed_run_equals_the_uninterrupted_one(small_corpus, tmp_path, task
     assert losses[0] == losses[1]  # the same losses at the same steps
 
 
+def test_a_checkpoint_for_another_upstream_size_is_one_line(small_corpus, tmp_path, capsys):
+    from .paths import COMPAT
+
+    run("sid", upstream="tera2", upstream_preset="tiny", expdir=tmp_path,
+        data_root=small_corpus, overrides=["runner.total_steps=2"])  # 4 layers of 128
+    other = COMPAT / "tera2_s3prl_converted.pt"  # 4 layers of 48
+    capsys.readouterr()
+    assert main(["downstream", "-m", "evaluate", "-e", str(tmp_path / "states-2.ckpt"),
+                 "-k", str(other)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines()
+               if not line.startswith("[sid]")]
+    assert "states-2.ckpt: " in line and "expects [" in line and "another upstream" in line
+    assert "size mismatch" not in line
+
+
 def test_missing_data_is_explained(tmp_path):
     with pytest.raises(UserError, match="no data"):
         run("ks", upstream="fbank", expdir=tmp_path / "x", data_root=tmp_path / "nowhere")

@@ -146,6 +146,12 @@ CASES = {
                                ["deep.pt: not a checkpoint tera-speech can read safely"]),
     "allowed call, wrong arguments": Case(
         ["info", "{tmp}/wrong.pt"], ["wrong.pt: not a checkpoint tera-speech can read safely"]),
+    "downstream -e shared structure": Case(
+        ["downstream", "-m", "evaluate", "-e", "{tmp}/shared.pt"],
+        ["shared.pt: not a checkpoint tera-speech can read safely"]),
+    "downstream -e wrong arguments": Case(
+        ["downstream", "-m", "evaluate", "-e", "{tmp}/wrong.pt"],
+        ["wrong.pt: not a checkpoint tera-speech can read safely"]),
     "binary manifest": Case(_pretrain("dataset.num_workers=0", "model.encoder_layers=1"),
                             ["train.tsv: not a manifest"]),
 }
@@ -211,6 +217,24 @@ def test_each_mistake_is_one_line(name, inputs, monkeypatch, capsys):
     after = _digests(inputs)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing lost or changed
     assert not (inputs / "new").exists()
+
+
+@pytest.mark.parametrize("craft", ["shared_structure", "huge_buffers", "deep_nesting"])
+def test_crafted_downstream_checkpoints_are_refused_in_bounded_memory(craft, tmp_path, capsys):
+    """`tera downstream -e` reads through the same bounded reader as `info` and resume: one
+    line, the load never holding 100 MB (tracemalloc sees every Python allocation)."""
+    import tracemalloc
+
+    path = getattr(crafted, craft)(tmp_path / f"{craft}.pt")
+    tracemalloc.start()
+    try:
+        code = main(["downstream", "-m", "evaluate", "-e", str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_one_line(code, capsys.readouterr().err,
+                    [f"{craft}.pt: not a checkpoint tera-speech can read safely"])
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from tera.checkpoint.unpickler import first_line, read_torch_file
 from tera.corpora.base import (
     Utterance,
     check_generator,
@@ -267,8 +268,8 @@ class Run:
         state = _read_downstream_ckpt(path)
         self.task.load_state(state["task_state"])
         self.build()
-        self.head.load_state_dict(state["head"])
-        self.featurizer.load_state_dict(state["featurizer"])
+        for part, module in (("featurizer", self.featurizer), ("head", self.head)):
+            self._load_weights(path, part, module, state[part])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = int(state["step"]), state["best"]
         progress = state.get("progress") or {}  # none in checkpoints of older versions
@@ -276,6 +277,24 @@ class Run:
         self.pending = int(progress.get("pending", 0))
         self.losses = list(progress.get("losses", []))
         self.random_state = progress.get("random")
+
+    def _load_weights(self, path: Path, part: str, module: torch.nn.Module,
+                      weights: dict) -> None:
+        """`weights` into `module`, or one line saying which upstream they were made for
+        when they do not fit this one (another size, another number of layers)."""
+        expected = module.state_dict()
+        for name, value in weights.items():
+            if name in expected and tuple(value.shape) != tuple(expected[name].shape):
+                raise UserError(
+                    f"{path}: {part}.{name} is {list(value.shape)} there, this upstream "
+                    f"({self.upstream_name}, {self.upstream.num_layers} layers of "
+                    f"{self.upstream.hidden_size}) expects {list(expected[name].shape)}: "
+                    "the checkpoint was made for another upstream (give its -k)")
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:  # missing or unexpected keys: another head
+            raise UserError(f"{path}: the {part} weights do not fit this {self.task.name} "
+                            f"head ({first_line(err)})") from err
 
     # --- training and evaluation ----------------------------------------------------------
 
@@ -407,10 +426,7 @@ def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
 def _read_downstream_ckpt(path: Path) -> dict:
     if not Path(path).is_file():
         raise UserError(f"{path}: no such downstream checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path}: corrupt or truncated downstream checkpoint ({err})") from err
+    state = read_torch_file(Path(path))  # bounded like every checkpoint read
     if not isinstance(state, dict) or "head" not in state or "task" not in state:
         raise UserError(f"{path}: not a tera downstream checkpoint (states-*.ckpt, *-best.ckpt)")
     return state
