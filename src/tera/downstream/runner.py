@@ -272,11 +272,22 @@ class Run:
             self._load_weights(path, part, module, state[part])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = int(state["step"]), state["best"]
-        progress = state.get("progress") or {}  # none in checkpoints of older versions
-        self.epoch, self.position = int(progress.get("epoch", 0)), int(progress.get("position", 0))
-        self.pending = int(progress.get("pending", 0))
-        self.losses = list(progress.get("losses", []))
-        self.random_state = progress.get("random")
+        self._load_progress(path, state.get("progress") or {})  # none in older versions
+
+    def _load_progress(self, path: Path, progress: dict) -> None:
+        try:
+            self.epoch, self.position = int(progress["epoch"]), int(progress["position"])
+            self.pending = int(progress["pending"])
+            self.losses = [float(loss) for loss in progress["losses"]]
+            self.random_state = progress["random"]
+            torch.Generator().set_state(self.random_state["torch"])  # checked here, once
+            random.Random().setstate(_python_state(self.random_state["python"]))
+        except KeyError:  # an older checkpoint: training starts a new epoch
+            self.epoch = self.position = self.pending = 0
+            self.losses, self.random_state = [], None
+        except (TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise UserError(f"{path}: its training progress cannot be read ({first_line(err)})"
+                            ) from err
 
     def _load_weights(self, path: Path, part: str, module: torch.nn.Module,
                       weights: dict) -> None:
@@ -406,10 +417,14 @@ def set_random_state(state: dict | None) -> None:
     if not state:
         return
     torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]  # tuples may come back as lists
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate(_python_state(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _python_state(saved: tuple | list) -> tuple:
+    version, internal, gauss = saved  # tuples may come back as lists
+    return version, tuple(internal), gauss
 
 
 def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
