@@ -136,12 +136,55 @@ def test_task_end_to_end(small_corpus, tmp_path, task, low, high):
 
 def test_resume_continues_at_the_saved_step(small_corpus, tmp_path):
     run("sid", upstream="fbank", expdir=tmp_path, data_root=small_corpus, overrides=FEW_STEPS)
+    first_run = len((tmp_path / "log.jsonl").read_text().splitlines())
     results = run("sid", expdir=tmp_path, init_ckpt=tmp_path / "states-6.ckpt",
                   overrides=["runner.total_steps=9"])
-    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").open()]
-    assert steps[-1] == 9 and steps[: steps.index(6) + 1][-1] == 6
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()[first_run:]
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps and min(steps) > 6 and steps[-1] == 9  # the resumed run starts after 6
     assert (tmp_path / "states-9.ckpt").is_file()
     assert results["step"] in (6, 9)  # the step of the best dev checkpoint, evaluated on test
+
+
+# SID in batches of 2 utterances, 2 per update: an epoch of several updates, stopped inside
+# one with losses not logged yet; ASR: dropout, drawn from torch's generator.
+@pytest.mark.parametrize("task, overrides", [
+    ("sid", ["runner.batch_size=2", "runner.gradient_accumulate_steps=2"]),
+    ("asr", ["downstream_expert.modelrc.hidden_size=16", "downstream_expert.modelrc.project_dim=16",
+             "runner.batch_samples=100000"])])
+def test_a_resumed_run_equals_the_uninterrupted_one(small_corpus, tmp_path, task, overrides):
+    steps = ["runner.eval_step=4", "runner.save_step=3", "runner.log_step=2",
+             "runner.max_keep=0", *overrides]
+    run(task, upstream="fbank", expdir=tmp_path / "whole", data_root=small_corpus,
+        overrides=[*steps, "runner.total_steps=12"])
+    run(task, upstream="fbank", expdir=tmp_path / "resumed", data_root=small_corpus,
+        overrides=[*steps, "runner.total_steps=6"])
+    run(task, expdir=tmp_path / "resumed", init_ckpt=tmp_path / "resumed" / "states-6.ckpt",
+        overrides=["runner.total_steps=12"])
+    whole, resumed = (torch.load(tmp_path / name / "states-12.ckpt", weights_only=True)
+                      for name in ("whole", "resumed"))
+    for part in ("head", "featurizer"):
+        assert whole[part].keys() == resumed[part].keys()
+        for name, value in whole[part].items():
+            assert torch.equal(value, resumed[part][name]), (part, name)
+    losses = [[line for line in (tmp_path / name / "log.jsonl").read_text().splitlines()
+               if "train_loss" in line] for name in ("whole", "resumed")]
+    assert losses[0] == losses[1]  # the same losses at the same steps
+
+
+def test_a_checkpoint_for_another_upstream_size_is_one_line(small_corpus, tmp_path, capsys):
+    from .paths import COMPAT
+
+    run("sid", upstream="tera2", upstream_preset="tiny", expdir=tmp_path,
+        data_root=small_corpus, overrides=["runner.total_steps=2"])  # 4 layers of 128
+    other = COMPAT / "tera2_s3prl_converted.pt"  # 4 layers of 48
+    capsys.readouterr()
+    assert main(["downstream", "-m", "evaluate", "-e", str(tmp_path / "states-2.ckpt"),
+                 "-k", str(other)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines()
+               if not line.startswith("[sid]")]
+    assert "states-2.ckpt: " in line and "expects [" in line and "another upstream" in line
+    assert "size mismatch" not in line
 
 
 def test_missing_data_is_explained(tmp_path):

@@ -43,6 +43,12 @@ def _pretrain(*overrides: str) -> list[str]:
             "checkpoint.save_dir={tmp}/run", *overrides]
 
 
+def _downstream(*args: str) -> list[str]:
+    """KS on a folder that is not the embedded corpus (the real recipe): nothing is read."""
+    return ["downstream", "-d", "ks", "-u", "fbank", "-p", "{tmp}/ds", "--data-root",
+            "{tmp}/data", *args]
+
+
 CASES = {
     # data loss: nothing tera-speech did not write is deleted or overwritten
     "synth into a user's folder": Case(
@@ -85,6 +91,32 @@ CASES = {
     "a preset field of the wrong type": Case(
         ["pretrain", "--config-name", "bad", "--config-dir", "{tmp}/presets",
          "task.data={tmp}/data"], ["bad.yaml key 'optimization.max_update' expects an int"]),
+    "downstream eval_step 0": Case(_downstream("-o", "config.runner.eval_step=0"),
+                                   ["runner.eval_step=0", "at least 1"]),
+    "downstream save_step 0": Case(_downstream("-o", "config.runner.save_step=0"),
+                                   ["runner.save_step=0"]),
+    "downstream log_step 0": Case(_downstream("-o", "config.runner.log_step=0"),
+                                  ["runner.log_step=0"]),
+    "downstream no accumulation": Case(
+        _downstream("-o", "config.runner.gradient_accumulate_steps=0"),
+        ["runner.gradient_accumulate_steps=0"]),
+    "downstream lr -1": Case(_downstream("-o", "config.optimizer.lr=-1"),
+                             ["optimizer.lr=-1.0", "at least 0"]),
+    "downstream lr nan": Case(_downstream("-o", "config.optimizer.lr=nan"),
+                              ["optimizer.lr=nan", "finite"]),
+    "downstream batch_size text": Case(_downstream("-o", "config.runner.batch_size=abc"),
+                                       ["'runner.batch_size' expects an int, got 'abc'"]),
+    "downstream unknown key": Case(_downstream("-o", "config.runner.eval_stepp=3"),
+                                   ["'runner.eval_stepp'", "runner.eval_step"]),
+    "downstream recipe of the wrong type": Case(
+        _downstream("-c", "{tmp}/recipes/wrong_type.yaml"),
+        ["wrong_type.yaml: featurizer.layer_norm='yes'", "true or false"]),
+    "downstream recipe without a section": Case(
+        _downstream("-c", "{tmp}/recipes/no_runner.yaml"),
+        ["no_runner.yaml: section 'runner' is missing"]),
+    "downstream recipe with text for a number": Case(
+        _downstream("-c", "{tmp}/recipes/abc.yaml"),
+        ["abc.yaml: runner.total_steps='abc'", "an integer of at least 1"]),
     # devices and distributed variables
     "tpu": Case(_pretrain("common.device=tpu"), ["common.device='tpu'"]),
     "WORLD_SIZE without MASTER_ADDR": Case(
@@ -114,6 +146,12 @@ CASES = {
                                ["deep.pt: not a checkpoint tera-speech can read safely"]),
     "allowed call, wrong arguments": Case(
         ["info", "{tmp}/wrong.pt"], ["wrong.pt: not a checkpoint tera-speech can read safely"]),
+    "downstream -e shared structure": Case(
+        ["downstream", "-m", "evaluate", "-e", "{tmp}/shared.pt"],
+        ["shared.pt: not a checkpoint tera-speech can read safely"]),
+    "downstream -e wrong arguments": Case(
+        ["downstream", "-m", "evaluate", "-e", "{tmp}/wrong.pt"],
+        ["wrong.pt: not a checkpoint tera-speech can read safely"]),
     "binary manifest": Case(_pretrain("dataset.num_workers=0", "model.encoder_layers=1"),
                             ["train.tsv: not a manifest"]),
 }
@@ -137,6 +175,13 @@ def inputs(tmp_path, monkeypatch) -> Path:
                                                       "budget_updates: abc"))
     (tmp_path / "negative_lr.yaml").write_text(quick.replace("optimization.lr=0.002",
                                                              "optimization.lr=-0.5"))
+    recipe = (REPO / "src" / "tera" / "configs" / "downstream" / "ks.yaml").read_text()
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "wrong_type.yaml").write_text(
+        recipe.replace("featurizer: {layer_norm: false", "featurizer: {layer_norm: 'yes'"))
+    (tmp_path / "recipes" / "no_runner.yaml").write_text(recipe.split("runner:")[0])
+    (tmp_path / "recipes" / "abc.yaml").write_text(
+        recipe.replace("total_steps: 200000", "total_steps: abc"))
     crafted.shared_structure(tmp_path / "shared.pt")
     crafted.huge_buffers(tmp_path / "buffers.pt")
     crafted.deep_nesting(tmp_path / "deep.pt")
@@ -172,6 +217,24 @@ def test_each_mistake_is_one_line(name, inputs, monkeypatch, capsys):
     after = _digests(inputs)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing lost or changed
     assert not (inputs / "new").exists()
+
+
+@pytest.mark.parametrize("craft", ["shared_structure", "huge_buffers", "deep_nesting"])
+def test_crafted_downstream_checkpoints_are_refused_in_bounded_memory(craft, tmp_path, capsys):
+    """`tera downstream -e` reads through the same bounded reader as `info` and resume: one
+    line, the load never holding 100 MB (tracemalloc sees every Python allocation)."""
+    import tracemalloc
+
+    path = getattr(crafted, craft)(tmp_path / f"{craft}.pt")
+    tracemalloc.start()
+    try:
+        code = main(["downstream", "-m", "evaluate", "-e", str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_one_line(code, capsys.readouterr().err,
+                    [f"{craft}.pt: not a checkpoint tera-speech can read safely"])
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from tera.checkpoint.unpickler import first_line, read_torch_file
 from tera.corpora.base import (
     Utterance,
     check_generator,
@@ -33,6 +34,7 @@ from tera.downstream.bootstrap import interval, items_path, read_items, write_it
 from tera.downstream.features import FeatureCache, batches_by_length, pad_states
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
+from tera.downstream.recipe import check_recipe, declared_keys
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
@@ -45,7 +47,7 @@ from tera.runs.checkpoints import (
 from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
 from tera.runs.log import RunLog
-from tera.runs.overrides import apply_overrides, s3prl_overrides
+from tera.runs.overrides import apply_overrides, leaf_keys, s3prl_overrides
 from tera.runs.records import DownstreamResult, write_result
 from tera.upstream import Featurizer, load_upstream
 
@@ -116,12 +118,24 @@ def load_recipe(task: str, config: str | Path | None, profile: str | None,
         raise UserError(f"{path}: a recipe is a mapping of sections")
     profiles = cfg.pop("profiles", None) or {}
     if profile:
-        if profile not in profiles:
-            raise UserError(f"recipe {task} has no profile {profile!r}")
-        for key, value in profiles[profile].items():
-            OmegaConf.update(cfg, key, value, merge=True)
-    apply_overrides(cfg, overrides, what="downstream config")
+        if not isinstance(profiles, DictConfig) or profile not in profiles:
+            raise UserError(f"{path}: recipe {task} has no profile {profile!r}")
+        try:
+            for key, value in profiles[profile].items():
+                OmegaConf.update(cfg, key, value, merge=True)
+        except Exception as err:  # a profile entry that does not fit the recipe's sections
+            raise UserError(f"{path}: profile {profile!r} does not apply: "
+                            f"{' '.join(str(err).split())}") from err
+    check_recipe(task, cfg, what=str(path))  # the file's own mistakes name the file
+    apply_recipe_overrides(task, cfg, overrides)
+    check_recipe(task, cfg)
     return cfg
+
+
+def apply_recipe_overrides(task: str, cfg: DictConfig, overrides: list[str]) -> None:
+    """s3prl's `-o` overrides: a key the recipe holds or one the schema declares."""
+    apply_overrides(cfg, overrides, known=leaf_keys(cfg) + declared_keys(task),
+                    what="downstream config")
 
 
 def parse_overrides(text: str | None) -> list[str]:
@@ -172,6 +186,12 @@ class Run:
         self.head: torch.nn.Module | None = None
         self.step = 0
         self.best: float | None = None
+        # where training stands inside its epochs, saved so that `-e states-N.ckpt` goes on
+        # exactly as the uninterrupted run: the epoch, the batches of it done, the batches
+        # accumulated towards the next update, the losses not logged yet, the random state
+        self.epoch, self.position, self.pending = 0, 0, 0
+        self.losses: list[float] = []
+        self.random_state: dict | None = None
 
     def build(self) -> None:
         self.head = self.task.build_head(self.upstream.hidden_size).to(self.device)
@@ -239,16 +259,53 @@ class Run:
             "profile": self.profile,
             "head": self.head.state_dict(), "featurizer": self.featurizer.state_dict(),
             "optimizer": self.optimizer.state_dict(), "seed": self.seed,
+            "progress": {"epoch": self.epoch, "position": self.position,
+                         "pending": self.pending, "losses": list(self.losses),
+                         "random": random_state(self.device)},
         }, path)
 
     def load(self, path: Path) -> None:
         state = _read_downstream_ckpt(path)
         self.task.load_state(state["task_state"])
         self.build()
-        self.head.load_state_dict(state["head"])
-        self.featurizer.load_state_dict(state["featurizer"])
+        for part, module in (("featurizer", self.featurizer), ("head", self.head)):
+            self._load_weights(path, part, module, state[part])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best = int(state["step"]), state["best"]
+        self._load_progress(path, state.get("progress") or {})  # none in older versions
+
+    def _load_progress(self, path: Path, progress: dict) -> None:
+        try:
+            self.epoch, self.position = int(progress["epoch"]), int(progress["position"])
+            self.pending = int(progress["pending"])
+            self.losses = [float(loss) for loss in progress["losses"]]
+            self.random_state = progress["random"]
+            torch.Generator().set_state(self.random_state["torch"])  # checked here, once
+            random.Random().setstate(_python_state(self.random_state["python"]))
+        except KeyError:  # an older checkpoint: training starts a new epoch
+            self.epoch = self.position = self.pending = 0
+            self.losses, self.random_state = [], None
+        except (TypeError, ValueError, AttributeError, RuntimeError) as err:
+            raise UserError(f"{path}: its training progress cannot be read ({first_line(err)})"
+                            ) from err
+
+    def _load_weights(self, path: Path, part: str, module: torch.nn.Module,
+                      weights: dict) -> None:
+        """`weights` into `module`, or one line saying which upstream they were made for
+        when they do not fit this one (another size, another number of layers)."""
+        expected = module.state_dict()
+        for name, value in weights.items():
+            if name in expected and tuple(value.shape) != tuple(expected[name].shape):
+                raise UserError(
+                    f"{path}: {part}.{name} is {list(value.shape)} there, this upstream "
+                    f"({self.upstream_name}, {self.upstream.num_layers} layers of "
+                    f"{self.upstream.hidden_size}) expects {list(expected[name].shape)}: "
+                    "the checkpoint was made for another upstream (give its -k)")
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:  # missing or unexpected keys: another head
+            raise UserError(f"{path}: the {part} weights do not fit this {self.task.name} "
+                            f"head ({first_line(err)})") from err
 
     # --- training and evaluation ----------------------------------------------------------
 
@@ -278,23 +335,22 @@ class Run:
         total, accumulate = int(runner.total_steps), int(runner.gradient_accumulate_steps)
         bar = tqdm(total=total, initial=self.step, desc=f"{self.task.name} train", unit="step",
                    disable=not sys.stderr.isatty(), dynamic_ncols=True)
-        epoch, losses, pending = 0, [], 0
         self.head.train()
+        resumed = self.random_state is not None
         while self.step < total:
-            epoch += 1
-            torch.manual_seed(self.seed * 7919 + epoch)
-            batches = self._epoch(train, epoch)
+            batches, resumed = self._next_epoch(train, resumed), False
             if not batches:
                 raise UserError(f"{self.root}: no {self.task.name} training utterances")
-            for batch in batches:
+            for batch in batches[self.position:]:
+                self.position += 1
                 x, lengths = self.features(batch)
                 loss = self.task.loss(self.head, x, lengths, batch) / accumulate
                 loss.backward()
-                losses.append(loss.item() * accumulate)
-                pending += 1  # batches accumulated, counted across epochs as s3prl does
-                if pending < accumulate:
+                self.losses.append(loss.item() * accumulate)
+                self.pending += 1  # batches accumulated, counted across epochs as s3prl does
+                if self.pending < accumulate:
                     continue
-                pending = 0
+                self.pending = 0
                 params = list(self.featurizer.parameters()) + list(self.head.parameters())
                 norm = torch.nn.utils.clip_grad_norm_(params, float(runner.gradient_clipping))
                 if torch.isfinite(norm):  # s3prl skips the update of a NaN gradient norm
@@ -305,9 +361,9 @@ class Run:
                 self.step += 1
                 bar.update(1)
                 if self.step % int(runner.log_step) == 0:
-                    log({"step": self.step, "train_loss": float(np.mean(losses))})
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-                    losses = []
+                    log({"step": self.step, "train_loss": float(np.mean(self.losses))})
+                    bar.set_postfix(loss=f"{np.mean(self.losses):.3f}")
+                    self.losses = []
                 if self.task.dev_split and (self.step % int(runner.eval_step) == 0
                                             or self.step == total):
                     self._validate(log)
@@ -317,6 +373,19 @@ class Run:
                 if self.step >= total:
                     break
         bar.close()
+
+    def _next_epoch(self, train: list[Utterance], resumed: bool) -> list[list[Utterance]]:
+        """The batches to train on next: those of the saved epoch when a resumed run stopped
+        inside it (its first `position` done, the random state as it was then), else those
+        of a new epoch."""
+        if resumed:
+            batches = self._epoch(train, self.epoch)
+            set_random_state(self.random_state)
+            if self.position < len(batches):
+                return batches
+        self.epoch, self.position = self.epoch + 1, 0
+        torch.manual_seed(self.seed * 7919 + self.epoch)
+        return self._epoch(train, self.epoch)
 
     def _epoch(self, train: list[Utterance], epoch: int):
         return self.batches(self.task.epoch(train, self.seed * 31 + epoch), shuffle=True,
@@ -336,6 +405,28 @@ class Run:
         return items_path(self.expdir, Path(self.task.best_name).stem)
 
 
+def random_state(device: torch.device) -> dict:
+    """The generators training draws from (dropout, SpecAugment, Python's `random`)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    random.setstate(_python_state(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _python_state(saved: tuple | list) -> tuple:
+    version, internal, gauss = saved  # tuples may come back as lists
+    return version, tuple(internal), gauss
+
+
 def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
                     ) -> torch.optim.Optimizer:
     """`optimizer.name` (s3prl's `torch_optim_name`: Adam or AdamW, torch's defaults
@@ -350,10 +441,7 @@ def build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]
 def _read_downstream_ckpt(path: Path) -> dict:
     if not Path(path).is_file():
         raise UserError(f"{path}: no such downstream checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path}: corrupt or truncated downstream checkpoint ({err})") from err
+    state = read_torch_file(Path(path))  # bounded like every checkpoint read
     if not isinstance(state, dict) or "head" not in state or "task" not in state:
         raise UserError(f"{path}: not a tera downstream checkpoint (states-*.ckpt, *-best.ckpt)")
     return state
@@ -378,7 +466,8 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         task, upstream = state["task"], state["upstream"]
         upstream_ckpt = upstream_ckpt or state["upstream_ckpt"]
         cfg = OmegaConf.create(state["config"])
-        apply_overrides(cfg, overrides or [], what="downstream config")
+        apply_recipe_overrides(task, cfg, overrides or [])
+        check_recipe(task, cfg)
         expdir = Path(expdir) if expdir else Path(init_ckpt).parent
         seed = int(state.get("seed", seed))
         data_root = data_root or state.get("data_root")
