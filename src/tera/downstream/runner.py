@@ -523,7 +523,7 @@ def _run(job: Run, mode: str, init_ckpt: str | Path | None, test_split: str | No
             protocol = _s3prl_protocol(job, split)
             checkpoint = job.expdir / protocol["checkpoint"]
             job.load(checkpoint)
-            scored = protocol.pop("scored")
+            scored = protocol["scored"][protocol["checkpoint"]]
     elif mode == "evaluate":
         if init_ckpt is None:
             raise UserError("-m evaluate needs -e CHECKPOINT (e.g. result/downstream/NAME/"
@@ -554,17 +554,17 @@ def _run(job: Run, mode: str, init_ckpt: str | Path | None, test_split: str | No
             result.dev_eer = job.best
             result.extra["dev_eer_interval"] = interval([read_items(job.best_items_path())])
             protocol = _s3prl_protocol(job, split)
-            del protocol["scored"]
         result.best_test_eer_over_checkpoints = protocol
-        result.extra["last_checkpoint_eer"] = _last_checkpoint(job, split)
+        result.extra["last_checkpoint_eer"] = _last_checkpoint(job, split,
+                                                               protocol.pop("scored"))
     return result
 
 
 def _s3prl_protocol(job: Run, split: str) -> dict:
     """s3prl's ASV number (`test_expdir.sh`): the test EER of the checkpoints saved at
     multiples of `runner.test_checkpoints_every` (every saved one when none is), the best
-    one; a selection on the test set, labelled as such. `scored` holds the best one's
-    `Scored`."""
+    one; a selection on the test set, labelled as such. `scored` holds each evaluated
+    checkpoint's `Scored`, by name (removed before the dict is reported)."""
     every = int(job.cfg.runner.get("test_checkpoints_every") or 1)
     saved = downstream_states(job.expdir)
     chosen = [p for p in saved if downstream_step(p) % every == 0] or saved
@@ -576,14 +576,16 @@ def _s3prl_protocol(job: Run, split: str) -> dict:
     best = min(scores, key=scores.get)
     return {"protocol": "s3prl: min test EER over saved checkpoints (selected on test)",
             "value": scores[best], "checkpoint": best, "all": scores,
-            "interval": interval([scored[best].items]), "scored": scored[best]}
+            "interval": interval([scored[best].items]), "scored": scored}
 
 
-def _last_checkpoint(job: Run, split: str) -> dict:
+def _last_checkpoint(job: Run, split: str, scored: dict[str, Scored]) -> dict:
     """The dev-free alternative to s3prl's protocol: the last checkpoint's test EER, no
-    selection at all."""
+    selection at all (taken from `scored` when the protocol evaluated it already)."""
     last = downstream_states(job.expdir)[-1]
-    job.load(last)
-    scored = job.evaluate(split)
+    if last.name not in scored:
+        job.load(last)
+        scored = {last.name: job.evaluate(split)}
+    scored = scored[last.name]
     return {"protocol": "last checkpoint (no selection)", "value": scored.value,
             "checkpoint": last.name, "interval": interval([scored.items])}
