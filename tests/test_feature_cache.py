@@ -194,3 +194,22 @@ def test_cache_ls_and_prune_from_the_command_line(small_corpus, tmp_path, capsys
     assert not cache_entries(default) and not list(default.rglob("*.pt"))
     assert main(["cache", "prune", "--max-gb", "-1"]) == 2
     assert "--max-gb -1.0: expected a finite number" in capsys.readouterr().err
+
+
+def test_a_writer_waits_while_another_holds_the_cache_lock(tmp_path):
+    import threading
+
+    from tera.downstream.features import locked_usage
+
+    # flock excludes another open of the file in this process as in another process
+    entry = tmp_path / "up-x" / "00" / "0.pt"
+    writer = threading.Thread(target=write_entry,
+                              args=(tmp_path, entry, torch.zeros(1, 4, 8), 1e6))
+    with locked_usage(tmp_path) as usage:
+        writer.start()
+        time.sleep(0.5)
+        assert not entry.exists() and usage.bytes == 0  # the writer waits for the lock
+    writer.join(60)
+    assert entry.is_file()
+    with locked_usage(tmp_path) as usage:
+        assert usage.bytes == entry.stat().st_size
