@@ -213,3 +213,16 @@ def test_a_writer_waits_while_another_holds_the_cache_lock(tmp_path):
     assert entry.is_file()
     with locked_usage(tmp_path) as usage:
         assert usage.bytes == entry.stat().st_size
+
+
+def test_a_cache_folder_that_cannot_be_written_leaves_the_features_to_memory(small_corpus,
+                                                                           tmp_path, capsys):
+    utts = speech_commands.load_split(small_corpus / "speech_commands", "valid")[:2]
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    cache = FeatureCache(load_upstream("fbank"), blocked)
+    cache.states(utts, CPU)
+    cache.states(utts, CPU)
+    assert cache.hits == 2 and cache.misses == 2
+    err = capsys.readouterr().err
+    assert err.count("features: not cached on disk") == 1 and str(blocked) in err

@@ -21,6 +21,7 @@ cannot be read is recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -68,7 +69,7 @@ class FeatureCache:
         self.max_memory_bytes, self.budget_bytes = max_memory_bytes, budget_bytes
         self.identity = upstream.identity() if enabled else ""
         self.root = folder
-        self.folder = folder / f"{upstream.name}-{self.identity}" if folder else None
+        self.folder = folder / f"{upstream.name}-{self.identity}" if folder and enabled else None
         self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.memory_bytes = 0
         self.hits = self.misses = 0
@@ -83,7 +84,7 @@ class FeatureCache:
         if stat is None:
             return None
         effects = (utt.gain_db, utt.trim_silence) if utt.gain_db or utt.trim_silence else ()
-        key = (self.identity, str(STORED_DTYPE), str(utt.path), *stat, utt.offset,
+        key = (self.identity, str(STORED_DTYPE), os.path.abspath(utt.path), *stat, utt.offset,
                utt.num_samples, *effects)
         return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
@@ -116,10 +117,11 @@ class FeatureCache:
             return None
         try:
             states = torch.load(path, weights_only=True)
-        except FileNotFoundError:  # never computed, or evicted (by this run or another)
+        except OSError:  # never computed, evicted (by this run or another), unreadable
             return None
         except Exception:  # cut short (an older, non-atomic writer; a disk error): recompute
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             return None
         self._touch(key, path, force=True)
         self._remember(key, states)
@@ -155,7 +157,7 @@ class FeatureCache:
         try:
             if write_entry(self.root, path, states, self.budget_bytes):
                 self._touch(key, path, force=True)
-        except UserError as err:  # a full or read-only disk: the run goes on without it
+        except (UserError, OSError) as err:  # a full or read-only disk: the run goes on
             self._disk_failed = True
             print(f"features: not cached on disk ({err})", file=sys.stderr, flush=True)
 
