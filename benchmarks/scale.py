@@ -10,6 +10,11 @@ Stages, each measured in a fresh process (so that its peak memory is its own):
   dataset is made before the measure;
 - lengths, first / later: the downstream utterance lengths, in a first process, then in a
   later one (a resume, an evaluation, the next seed; the utterances are listed first);
+- features: FBANK features of one in `--cache-share` (50) of the tree's files (the
+  cache's cost per entry does not depend on the upstream) computed without the cache, then
+  filling a fresh shared cache (`tera.downstream.features`: every entry written through,
+  atomically), then read back by a later process (a resume, the next seed, another task
+  on the split);
 - bootstrap: `interval` on VoxCeleb1-like trial lists of 5,000, 37,720 (VoxCeleb1-O) and
   579,818 trials (VoxCeleb1-E, 1,251 speakers); the trial list is made first.
 And, in this process: the cost of a 15.6 s crop from files of 10 s to 20 minutes, read
@@ -18,7 +23,7 @@ by seeking (`tera.audio.load_crop`) and, for contrast, by decoding the whole fil
     python benchmarks/scale.py [--sizes 1000,5000,20000] [--crop-repeats 10]
 
 Costs are extrapolated from the largest tree, by n^k but never less than in proportion to
-n. The default run takes 2-4 minutes on 2 cores.
+n. The default run takes 5-8 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -102,10 +107,42 @@ def stage_work(stage: str, tree: Path, size: int):
         os.environ["TERA_SPEECH_HOME"] = str(tree.parent / f"home-{tree.name}")
         utterances = [Utterance(p.stem, p) for p in sorted(tree.rglob("*.flac"))]
         return lambda: lengths.utterance_samples(utterances)
+    if stage.startswith("features") or stage.startswith("cache"):
+        return feature_work(stage, tree, size)
     from tera.downstream.bootstrap import interval
 
     items = trial_list(size, dict(TRIALS).get(size, 1_251))
     return lambda: interval([items])
+
+
+FEATURE_STAGES = ("features-nocache", "cache-fill", "cache-read")
+
+
+def feature_work(stage: str, tree: Path, count: int):
+    """FBANK states of `count` of the tree's files in batches of 16: without the cache, into
+    a fresh cache folder, or from the folder the fill left."""
+    import shutil
+
+    import torch
+
+    from tera.corpora import Utterance
+    from tera.downstream.features import FeatureCache
+    from tera.upstream import load_upstream
+
+    folder = tree.parent / f"features-{tree.name}"
+    if stage == "cache-fill":
+        shutil.rmtree(folder, ignore_errors=True)
+    files = sorted(tree.rglob("*.flac"))[:count]
+    utterances = [Utterance(p.stem, p) for p in files]
+    cache = FeatureCache(load_upstream("fbank"), folder, enabled=stage != "features-nocache")
+
+    def work() -> None:
+        for start in range(0, len(utterances), 16):
+            cache.states(utterances[start : start + 16], torch.device("cpu"))
+        if stage == "cache-read" and cache.misses:
+            raise SystemExit(f"{cache.misses} features computed again at read-back")
+
+    return work
 
 
 def measure(stage: str, tree: Path, size: int) -> dict:
@@ -210,6 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,5000,20000", help="files per tree")
     parser.add_argument("--crop-repeats", type=int, default=30)
+    parser.add_argument("--cache-share", type=int, default=50,
+                        help="the feature stages take one in this many of a tree's files")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -230,6 +269,15 @@ def main() -> None:
                 results[stage].append(measure(stage, tree, n))
         for stage in stages:
             print_stage(stage, sizes, results[stage])
+        feature_sizes = [n // args.cache_share for n in sizes]
+        features = {stage: [measure(stage, tree, n) for tree, n in zip(trees, feature_sizes)]
+                    for stage in FEATURE_STAGES}
+        for stage in FEATURE_STAGES:
+            print_stage(stage, feature_sizes, features[stage])
+        fill, read, plain = (sum(r["seconds"] for r in features[stage]) for stage in
+                             ("cache-fill", "cache-read", "features-nocache"))
+        print(f"{'':<16} filling the cache costs {fill / plain:.2f}x computing without it; "
+              f"reading back {plain / read:.1f}x faster than computing")
         crop_costs(folder, args.crop_repeats)
     trials = [n for n, _ in TRIALS]
     runs = [measure("bootstrap", Path("."), n) for n in trials]

@@ -7,6 +7,7 @@ import argparse
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from tera.corpora.commands import add_corpus_commands
+    from tera.downstream.cache_commands import add_cache_commands
     from tera.downstream.commands import add_downstream_commands
     from tera.inference import add_inference_commands
     from tera.pretrain.commands import add_pretrain_commands
@@ -16,4 +17,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_pretrain_commands(sub)  # manifest, pretrain, plan
     add_corpus_commands(sub)  # corpus synth, corpus check
     add_downstream_commands(sub)  # downstream
+    add_cache_commands(sub)  # cache ls, cache prune
     add_study_commands(sub)  # study

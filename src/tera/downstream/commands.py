@@ -40,7 +40,10 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-budget-gb", type=float, default=CACHE_BUDGET_GB,
                    help="cache the upstream's features when they fit in this many GB "
                    "(estimated before training), else compute them at every step "
-                   f"(default {CACHE_BUDGET_GB:g})")
+                   f"(default {CACHE_BUDGET_GB:g}); also the cache folder's size limit, "
+                   "least recently used features evicted first")
+    p.add_argument("--cache-dir", help="the feature cache shared by runs (default: "
+                   "~/.cache/tera-speech/features, $TERA_SPEECH_HOME)")
     p.set_defaults(handler=run_command)
 
 
@@ -63,7 +66,7 @@ def run_command(args: argparse.Namespace) -> int:
         config=args.config, overrides=parse_overrides(args.override), data_root=args.data_root,
         init_ckpt=args.init_ckpt, test_split=args.evaluate_split, seed=args.seed,
         cache=not args.no_cache, device=args.device, upstream_preset=args.upstream_preset,
-        cache_budget_gb=args.cache_budget_gb,
+        cache_budget_gb=args.cache_budget_gb, cache_dir=args.cache_dir,
     )
     print(json.dumps({k: results[k] for k in ("task", "metric", "value", "split",
                                                "checkpoint")}))

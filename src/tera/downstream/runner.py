@@ -31,7 +31,12 @@ from tera.downstream.asr import AsrTask
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import Scored, Task, count_parameters
 from tera.downstream.bootstrap import interval, items_path, read_items, write_items
-from tera.downstream.features import FeatureCache, batches_by_length, pad_states
+from tera.downstream.features import (
+    FeatureCache,
+    batches_by_length,
+    default_cache_dir,
+    pad_states,
+)
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
 from tera.downstream.recipe import check_recipe, declared_keys
@@ -163,7 +168,8 @@ class Run:
 
     def __init__(self, task: str, cfg: DictConfig, root: Path, upstream_name: str,
                  upstream_ckpt: str | None, expdir: Path, device: str, cache: bool,
-                 seed: int, upstream_preset: str = "slim", profile: str = "real") -> None:
+                 seed: int, upstream_preset: str = "slim", profile: str = "real",
+                 cache_dir: Path | None = None) -> None:
         self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
         self.profile = profile
         self.device = torch.device(device)
@@ -178,7 +184,9 @@ class Run:
                                       seed=seed, precision="auto").to(self.device).eval()
         for p in self.upstream.parameters():
             p.requires_grad_(False)
-        self.cache = FeatureCache(self.upstream, expdir / "feature_cache", enabled=cache)
+        # Shared by every run of this upstream (another seed, task, a resume)
+        self.cache = FeatureCache(self.upstream, cache_dir or default_cache_dir(),
+                                  enabled=cache)
         self.featurizer = Featurizer(self.upstream.num_layers, self.upstream.hidden_size,
                                      bool(cfg.featurizer.layer_norm),
                                      bool(cfg.featurizer.get("standardize", False))
@@ -214,6 +222,7 @@ class Run:
                 * self.upstream.hidden_size * 2)  # float16
         needed = f"{size / 1e9:.2f} GB for {seconds / 3600:.1f} h of audio"
         if size <= budget_bytes:
+            self.cache.budget_bytes = budget_bytes  # the shared folder's too
             return f"features: cached ({needed}, budget {budget_bytes / 1e9:g} GB)"
         self.cache.enabled = False
         return (f"features: computed on the fly at every step (the cache would need {needed},"
@@ -456,7 +465,8 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         overrides: list[str] | None = None, data_root: str | Path | None = None,
         init_ckpt: str | Path | None = None, test_split: str | None = None,
         seed: int = DEFAULT_SEED, cache: bool = True, device: str = "cpu",
-        upstream_preset: str = "slim", cache_budget_gb: float = CACHE_BUDGET_GB) -> dict:
+        upstream_preset: str = "slim", cache_budget_gb: float = CACHE_BUDGET_GB,
+        cache_dir: str | Path | None = None) -> dict:
     """Train (then test) or evaluate one downstream task; returns results.json's content."""
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -491,7 +501,7 @@ def run(task: str, *, mode: str = "train", upstream: str = "tera2",
         log = RunLog(expdir, tensorboard="tb", step_key="step", echo_prefix=f"[{task}] ")
         try:
             job = Run(task, cfg, root, upstream, upstream_ckpt, expdir, device, cache, seed,
-                      upstream_preset, profile)
+                      upstream_preset, profile, Path(cache_dir) if cache_dir else None)
             result = _run(job, mode, init_ckpt, test_split, cache_budget_gb * 1e9, log)
         finally:
             log.close()
@@ -543,7 +553,7 @@ def _run(job: Run, mode: str, init_ckpt: str | Path | None, test_split: str | No
         layer_weights=job.featurizer.layer_weights.tolist(), step=job.step, wall_time_s=0.0,
         dev_best=job.best,
         cache={"enabled": job.cache.enabled, "hits": job.cache.hits,
-               "misses": job.cache.misses})
+               "misses": job.cache.misses, "folder": str(job.cache.folder or "")})
     result.extra.update({
         "interval": interval([items]),  # 95 % bootstrap interval of `value`
         "head_parameters": count_parameters(job.head),
