@@ -18,7 +18,8 @@ from tera.downstream.metrics import (
     phone_error_rate,
     word_error_rate,
 )
-from tera.downstream.runner import load_recipe, parse_overrides, run
+from tera.downstream.recipe import load_recipe, parse_overrides
+from tera.downstream.runner import run
 from tera.errors import UserError
 from tera.upstream import load_upstream
 

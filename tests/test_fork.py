@@ -155,7 +155,7 @@ def test_extract_takes_s3prl_upstream_names(tmp_path):
 
 
 def test_s3prl_recipe_paths_name_the_built_in_recipes():
-    from tera.downstream.runner import S3PRL_RECIPES, recipe_file, recipe_path
+    from tera.downstream.recipe import S3PRL_RECIPES, recipe_file, recipe_path
 
     for path, task in S3PRL_RECIPES.items():
         assert recipe_file(task, path) == recipe_path(task)

@@ -17,7 +17,8 @@ from tera.corpora.phones import PHONEMES
 from tera.downstream.asr import AsrTask
 from tera.downstream.buckets import utterance_batches
 from tera.downstream.pr import PrTask
-from tera.downstream.runner import load_recipe, run
+from tera.downstream.recipe import load_recipe
+from tera.downstream.runner import run
 from tera.downstream.specaugment import SpecAugment, time_warp
 from tera.errors import UserError
 

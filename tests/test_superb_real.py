@@ -19,7 +19,8 @@ from tera.corpora import lengths, read_segment, speech_commands, voxceleb1
 from tera.downstream.asv import AsvTask
 from tera.downstream.base import count_parameters
 from tera.downstream.ks import KsTask
-from tera.downstream.runner import load_recipe, run
+from tera.downstream.recipe import load_recipe
+from tera.downstream.runner import run
 from tera.downstream.sid import SidTask
 from tera.upstream import load_upstream
 

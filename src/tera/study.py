@@ -608,7 +608,7 @@ def _finished(folder: Path) -> bool:
 
 def downstream_recipe(spec: DictConfig, task: str) -> DictConfig:
     from tera.corpora import is_embedded_corpus
-    from tera.downstream.runner import load_recipe
+    from tera.downstream.recipe import load_recipe
 
     embedded = not spec.corpus.root or is_embedded_corpus(Path(spec.corpus.root))
     return load_recipe(task, None, "embedded" if embedded else None,

@@ -48,7 +48,8 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from tera.downstream.runner import parse_overrides, run
+    from tera.downstream.recipe import parse_overrides
+    from tera.downstream.runner import run
     from tera.errors import UserError
 
     if args.init_ckpt is None and args.downstream is None:

@@ -39,7 +39,7 @@ from tera.downstream.features import (
 )
 from tera.downstream.ks import KsTask
 from tera.downstream.pr import PrTask
-from tera.downstream.recipe import check_recipe, declared_keys
+from tera.downstream.recipe import apply_recipe_overrides, check_recipe, load_recipe
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
 from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
@@ -52,7 +52,6 @@ from tera.runs.checkpoints import (
 from tera.runs.files import check_writable, ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
 from tera.runs.log import RunLog
-from tera.runs.overrides import apply_overrides, leaf_keys, s3prl_overrides
 from tera.runs.records import DownstreamResult, write_result
 from tera.upstream import Featurizer, load_upstream
 
@@ -71,81 +70,6 @@ def task_name(name: str) -> str:
         raise UserError(f"unknown downstream task {name!r}; choose one of "
                         f"{', '.join([*TASKS, *ALIASES])}")
     return name
-
-
-# --- configuration ---------------------------------------------------------------------------
-
-
-def recipe_path(task: str) -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("tera") / "configs" / "downstream" / f"{task}.yaml"))
-
-
-# s3prl's SUPERB recipe files (`-c` paths inside s3prl/s3prl) and the task each one is.
-S3PRL_RECIPES = {
-    "downstream/asr/config.yaml": "asr",
-    "downstream/ctc/libriphone.yaml": "pr",
-    "downstream/speech_commands/config.yaml": "ks",
-    "downstream/voxceleb1/config.yaml": "sid",
-    "downstream/sv_voxceleb1/config.yaml": "asv",
-    "downstream/sv_voxceleb1/configs/amsoftmax.yaml": "asv",
-}
-
-
-def recipe_file(task: str, config: str | Path | None) -> Path:
-    """The recipe `-c config` names: none or one of s3prl's recipe paths
-    (`downstream/ctc/libriphone.yaml`, from any folder) is the task's built-in recipe, any
-    other path a recipe file in tera-speech's format."""
-    if config is None:
-        return recipe_path(task)
-    parts = Path(config).parts
-    s3prl = next((S3PRL_RECIPES[tail] for n in (3, 4)
-                  if (tail := "/".join(parts[-n:])) in S3PRL_RECIPES), None)
-    if s3prl is not None:
-        if s3prl != task:
-            raise UserError(f"-c {config} is s3prl's {s3prl} recipe, not one for {task}")
-        return recipe_path(task)
-    if not Path(config).is_file():
-        raise UserError(f"{config}: no such recipe file (s3prl's recipe paths "
-                        f"{', '.join(S3PRL_RECIPES)} name the built-in recipes)")
-    return Path(config)
-
-
-def load_recipe(task: str, config: str | Path | None, profile: str | None,
-                overrides: list[str]) -> DictConfig:
-    path = recipe_file(task, config)
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:  # omegaconf / yaml raise many types; all mean "bad file"
-        raise UserError(f"{path}: not a valid recipe: {' '.join(str(err).split())}") from err
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{path}: a recipe is a mapping of sections")
-    profiles = cfg.pop("profiles", None) or {}
-    if profile:
-        if not isinstance(profiles, DictConfig) or profile not in profiles:
-            raise UserError(f"{path}: recipe {task} has no profile {profile!r}")
-        try:
-            for key, value in profiles[profile].items():
-                OmegaConf.update(cfg, key, value, merge=True)
-        except Exception as err:  # a profile entry that does not fit the recipe's sections
-            raise UserError(f"{path}: profile {profile!r} does not apply: "
-                            f"{' '.join(str(err).split())}") from err
-    check_recipe(task, cfg, what=str(path))  # the file's own mistakes name the file
-    apply_recipe_overrides(task, cfg, overrides)
-    check_recipe(task, cfg)
-    return cfg
-
-
-def apply_recipe_overrides(task: str, cfg: DictConfig, overrides: list[str]) -> None:
-    """s3prl's `-o` overrides: a key the recipe holds or one the schema declares."""
-    apply_overrides(cfg, overrides, known=leaf_keys(cfg) + declared_keys(task),
-                    what="downstream config")
-
-
-def parse_overrides(text: str | None) -> list[str]:
-    """s3prl's `-o "config.optimizer.lr=1e-4,,config.runner.total_steps=10"`."""
-    return s3prl_overrides(text)
 
 
 def resolve_data_root(task: str, data_root: str | Path | None) -> tuple[Path, bool]:
