@@ -22,7 +22,6 @@ cannot be read is recomputed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import os
@@ -43,6 +42,7 @@ from tera.downstream import CACHE_BUDGET_GB
 from tera.errors import UserError
 from tera.pretrain.data import length_batches
 from tera.runs.files import atomic_open, ensure_folder
+from tera.runs.lock import waiting_lock
 from tera.upstream import Upstream
 
 STORED_DTYPE = torch.float16
@@ -267,17 +267,8 @@ class Usage:
 def locked_usage(root: Path) -> Iterator[Usage]:
     """Hold the cache folder's lock (waiting for another writer) and give its usage."""
     ensure_folder(root)
-    path = root / USAGE_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise UserError(f"{path}: cannot open the feature cache's lock: {err.strerror}"
-                        ) from err
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with waiting_lock(root / USAGE_NAME, "open the feature cache's lock") as fd:
         yield Usage(root, fd)
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def write_entry(root: Path, path: Path, states: torch.Tensor, budget_bytes: float) -> bool:

@@ -27,16 +27,33 @@ from tera.runs.files import describe_os_error, ensure_folder
 LOCK_NAME = ".tera.lock"
 
 
+def open_lock_file(path: Path, action: str) -> int:
+    """The descriptor of a lock file (created if needed), or one line saying it cannot
+    `action`."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise UserError(f"{path}: cannot {action}: {describe_os_error(err)}") from err
+
+
+@contextmanager
+def waiting_lock(path: Path, action: str) -> Iterator[int]:
+    """Hold an exclusive lock on the file `path`, waiting while another process holds it
+    (for short critical sections shared by concurrent runs); yields its descriptor."""
+    fd = open_lock_file(path, action)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextmanager
 def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
     """Hold the lock of `folder` (created if needed) for the duration of the block."""
     folder = ensure_folder(folder)
     path = folder / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        raise UserError(f"{path}: cannot create the run lock: {describe_os_error(err)}"
-                        ) from err
+    fd = open_lock_file(path, "create the run lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
