@@ -158,6 +158,7 @@ def update_losses(updates: int, max_tokens: int, preset: str = "slim",
     from tera.pretrain.loss import tera_loss
     from tera.pretrain.optim import polynomial_lr
     from tera.pretrain.trainer import Trainer, _mix
+    from tera.runtime import prepare_process
 
     folder = Path(tempfile.mkdtemp(prefix="fork_parity_"))
     write_audio(folder / "audio", 96, seed=0)
@@ -170,6 +171,7 @@ def update_losses(updates: int, max_tokens: int, preset: str = "slim",
         "common.amp=fp32", "common.device=cpu", "dataset.num_workers=0",
         f"dataset.max_tokens={max_tokens}", "task.min_sample_size=16000", *dropout_off,
         *overrides])
+    prepare_process()  # as `tera pretrain` does
     trainer = Trainer(cfg)
     initial = copy.deepcopy(trainer.model.state_dict())
     peak, warmup = float(cfg.optimization.lr), int(cfg.lr_scheduler.warmup_updates)

@@ -81,7 +81,7 @@ def tera_side(cfg, waves: torch.Tensor) -> dict[str, Callable[[], object]]:  # n
 
 def peer_side(cfg, waves: torch.Tensor) -> dict[str, Callable[[], object]]:  # noqa: ANN001
     from tera.audio import tera_targets
-    from tera.model.components import output_frames
+    from tera.model.conv_geometry import ConvGeometry
     from tera.model.masking import compute_span_mask
 
     peer = peer_model(cfg)
@@ -92,7 +92,7 @@ def peer_side(cfg, waves: torch.Tensor) -> dict[str, Callable[[], object]]:  # n
         peer.zero_grad(set_to_none=True)
         head.zero_grad(set_to_none=True)
         targets, _ = tera_targets(waves)
-        frames = min(targets.size(1), output_frames(waves.size(1), cfg.conv_layers))
+        frames = min(targets.size(1), ConvGeometry.of(cfg.conv_layers).num_frames(waves.size(1)))
         mask = compute_span_mask(torch.full((waves.size(0),), frames), frames, cfg.mask_prob,
                                  cfg.mask_length)
         hidden = peer(waves, mask_time_indices=mask).last_hidden_state[:, :frames]
@@ -109,8 +109,8 @@ def peer_side(cfg, waves: torch.Tensor) -> dict[str, Callable[[], object]]:  # n
 
 def worker(side: str, args: argparse.Namespace, conn) -> None:  # noqa: ANN001
     """Build one side, then run the measurement the parent names, one at a time."""
-    from tera.model.components import keep_freed_memory
     from tera.presets import load_preset, model_config
+    from tera.runtime import keep_freed_memory
 
     torch.set_num_threads(args.threads)
     if side == "tera" or args.peer_keeps_memory:

@@ -23,10 +23,10 @@ from collections.abc import Callable
 import torch
 
 from tera.audio import tera_targets
-from tera.model.components import keep_freed_memory
 from tera.model.tera import TeraModel
 from tera.presets import load_preset, model_config
 from tera.pretrain.loss import tera_loss
+from tera.runtime import keep_freed_memory
 
 
 def timed(fns: list[Callable[[], object]], repeats: int) -> list[float]:

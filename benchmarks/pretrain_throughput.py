@@ -23,6 +23,7 @@ from tera.corpora import default_corpus_dir
 from tera.pretrain.config import load_config
 from tera.pretrain.data import write_manifest
 from tera.pretrain.trainer import Trainer
+from tera.runtime import prepare_process
 
 
 def measure(preset: str, manifest: Path, workers: int, updates: int, save_dir: Path) -> dict:
@@ -32,6 +33,7 @@ def measure(preset: str, manifest: Path, workers: int, updates: int, save_dir: P
         "dataset.validate_interval_updates=0", "checkpoint.save_interval_updates=0",
         "task.max_sample_size=64000", "dataset.max_tokens=256000", "common.log_interval=1000",
         "task.min_sample_size=16000"])
+    prepare_process()  # as `tera pretrain` does
     trainer = Trainer(cfg)
     trainer.valid_set = None
     started = time.perf_counter()

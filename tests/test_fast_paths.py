@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tera.model.components import ConvFeatureExtractor, dropout
+from tera.model.components import dropout
 from tera.model.config import parse_conv_layers
+from tera.model.feature_extractor import ConvFeatureExtractor
 from tera.upstream import TeraUpstream, load_upstream, random_tera
 
 from .paths import FLAC

@@ -101,7 +101,7 @@ def test_raw_targets_fall_more_slowly(utterance):
 
 
 def test_standardized_targets_have_zero_mean_unit_variance():
-    from tera.model.components import masked_standardize
+    from tera.model.tensors import masked_standardize
 
     frames = torch.randn(2, 10, 3) * 5 + 7
     out = masked_standardize(frames, torch.tensor([10, 6]))

@@ -277,7 +277,7 @@ def test_positional_conv_under_bf16_autocast_matches_fp32():
     """torch 2.13's CPU bf16 kernel for grouped convolutions with few channels per group and
     a kernel that is a multiple of 8 is wrong (measured 111 % error for the tiny preset's
     128 channels / 16 groups / kernel 64); the positional conv must not be affected."""
-    from tera.model.components import WeightNormConv1d
+    from tera.model.encoder import WeightNormConv1d
 
     torch.manual_seed(0)
     for channels, kernel, groups in [(128, 64, 16), (64, 64, 16), (384, 128, 16)]:

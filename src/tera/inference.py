@@ -88,7 +88,7 @@ def run_extract(args: argparse.Namespace) -> int:
     _check_distinct_stems(args.files)
     arrays = {}
     for path in tqdm(args.files, desc="extract", unit="file", disable=len(args.files) < 2):
-        wave = load_audio(path, min_samples=400).to(device)  # 400 samples: one frame
+        wave = load_audio(path, min_samples=upstream.min_samples).to(device)
         with torch.inference_mode():
             states = upstream([wave])["hidden_states"]  # L+1 x [1, T, D]
         arrays[Path(path).stem] = _as_array(states, layer)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from tera.audio import compute_deltas, fbank, mfcc39
+from tera.audio import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, fbank, mfcc39
 from tera.errors import UserError
-from tera.model.components import lengths_to_padding_mask
 from tera.model.config import TeraConfig
+from tera.model.tensors import lengths_to_padding_mask
 from tera.model.tera import TeraModel
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,14 @@ def _pad(wavs: list[torch.Tensor], device: torch.device | None = None
 
 
 class Upstream(nn.Module):
-    """Base class: subclasses set `name`, `num_layers`, `hidden_size` and implement
-    `forward` and `get_downsample_rate`."""
+    """Base class: subclasses set `name`, `num_layers`, `hidden_size`, `min_samples` (the
+    shortest waveform that gives one frame) and implement `forward` and
+    `get_downsample_rate`."""
 
     name = "upstream"
     num_layers = 1
     hidden_size = 0
+    min_samples = 1
 
     def get_downsample_rate(self) -> int:
         """Waveform samples per output frame."""
@@ -87,14 +89,6 @@ class Upstream(nn.Module):
         }
 
 
-def receptive_field(conv_layers: list[tuple[int, int, int]]) -> int:
-    """Waveform samples one output frame of a conv stack sees (400 for TERA2's)."""
-    field = 1
-    for _, kernel, stride in reversed(conv_layers):
-        field = (field - 1) * stride + kernel
-    return field
-
-
 class TeraUpstream(Upstream):
     """A TERA2 model: h_0 (the encoder input) and the output of each of its L layers, 50 Hz.
 
@@ -124,7 +118,7 @@ class TeraUpstream(Upstream):
         self.precision = precision
         self.num_layers = model.cfg.encoder_layers + 1
         self.hidden_size = model.cfg.encoder_embed_dim
-        self.min_samples = receptive_field(model.cfg.conv_layers)  # samples for one frame
+        self.min_samples = model.feature_extractor.geometry.receptive_field
         self.chunk_seconds, self.context_seconds = chunk_seconds, context_seconds
         frames_per_second = 16000 / self.get_downsample_rate()
         self.chunk_frames = round(chunk_seconds * frames_per_second)
@@ -143,10 +137,7 @@ class TeraUpstream(Upstream):
         return torch.float32
 
     def get_downsample_rate(self) -> int:
-        rate = 1
-        for _, _, stride in self.model.cfg.conv_layers:
-            rate *= stride
-        return rate
+        return self.model.feature_extractor.geometry.hop
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """wavs: 1-D float 16 kHz tensors -> hidden states `[B, T, D]` x (L+1) (see module)."""
@@ -199,6 +190,7 @@ class FbankUpstream(Upstream):
     """80-dim Kaldi log-Mel filterbank at 100 Hz (240-dim with Δ and ΔΔ)."""
 
     name = "fbank"
+    min_samples = FRAME_LENGTH
 
     def __init__(self, num_mel_bins: int = 80, deltas: bool = False) -> None:
         super().__init__()
@@ -209,7 +201,7 @@ class FbankUpstream(Upstream):
         return {"num_mel_bins": self.num_mel_bins, "deltas": self.deltas}
 
     def get_downsample_rate(self) -> int:
-        return 160
+        return FRAME_SHIFT
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         waves, lengths = _pad(wavs)
@@ -226,9 +218,10 @@ class MfccUpstream(Upstream):
 
     name = "mfcc"
     hidden_size = 39
+    min_samples = FRAME_LENGTH
 
     def get_downsample_rate(self) -> int:
-        return 160
+        return FRAME_SHIFT
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         waves, lengths = _pad(wavs)

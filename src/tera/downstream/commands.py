@@ -51,7 +51,9 @@ def run_command(args: argparse.Namespace) -> int:
     from tera.downstream.recipe import parse_overrides
     from tera.downstream.runner import run
     from tera.errors import UserError
+    from tera.runtime import prepare_process
 
+    prepare_process()
     if args.init_ckpt is None and args.downstream is None:
         raise UserError("-d TASK is needed to train (or -e CHECKPOINT to evaluate / resume)")
     if not 0 <= args.seed < 2**63:

@@ -42,7 +42,7 @@ from tera.downstream.pr import PrTask
 from tera.downstream.recipe import apply_recipe_overrides, check_recipe, load_recipe
 from tera.downstream.sid import SidTask
 from tera.errors import UserError
-from tera.model.components import flush_denormals, frame_mean_std, keep_freed_memory
+from tera.model.tensors import frame_mean_std
 from tera.runs.checkpoints import (
     downstream_states,
     downstream_states_name,
@@ -97,8 +97,6 @@ class Run:
         self.cfg, self.expdir, self.seed, self.root = cfg, expdir, seed, root
         self.profile = profile
         self.device = torch.device(device)
-        flush_denormals()
-        keep_freed_memory()
         self.task = TASKS[task](root, OmegaConf.to_container(cfg.downstream_expert))
         self.upstream_name, self.upstream_ckpt = upstream_name, upstream_ckpt
         self.upstream_preset = upstream_preset

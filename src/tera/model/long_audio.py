@@ -23,20 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tera.model.components import ConvFeatureExtractor, MaskedInstanceNorm
+from tera.model.feature_extractor import ConvFeatureExtractor, MaskedInstanceNorm
 from tera.model.tera import TeraFeatures, TeraModel, standardize
 
 CONV_WINDOW_FRAMES = 500  # 10 s at 50 Hz
-
-
-def _strides(extractor: ConvFeatureExtractor) -> tuple[int, int]:
-    """(samples per output frame, samples one output frame sees)."""
-    hop, field = 1, 1
-    for block in reversed(extractor.conv_layers):
-        field = (field - 1) * block.stride + block.kernel
-    for block in extractor.conv_layers:
-        hop *= block.stride
-    return hop, field
 
 
 @torch.no_grad()
@@ -48,14 +38,14 @@ def first_block_statistics(extractor: ConvFeatureExtractor, wave: torch.Tensor,
     first = extractor.conv_layers[0]
     if not isinstance(first.norm, MaskedInstanceNorm):
         return None
-    hop, _ = _strides(extractor)
-    frames = (wave.numel() - first.kernel) // first.stride + 1
-    step = window_frames * (hop // first.stride)  # first-block frames per window
+    geometry = extractor.geometry.head(1)
+    frames = geometry.num_frames(wave.numel())
+    step = window_frames * (extractor.geometry.hop // geometry.hop)  # its frames per window
     total = torch.zeros(first.conv.out_channels, dtype=torch.float64, device=wave.device)
     squares = torch.zeros_like(total)
     for start in range(0, frames, step):
         end = min(start + step, frames)
-        piece = wave[start * first.stride : (end - 1) * first.stride + first.kernel]
+        piece = wave[geometry.samples(start, end)]
         y = first.conv(piece.view(1, 1, -1)).double()[0]  # [C, frames]
         total += y.sum(1)
         squares += y.pow(2).sum(1)
@@ -69,8 +59,8 @@ def windowed_conv_features(extractor: ConvFeatureExtractor, wave: torch.Tensor,
     """The conv extractor's features of one waveform `[sample]` -> `[1, frame, C]`, computed
     over windows of `window_frames` output frames: equal to one pass over the whole
     waveform (within float rounding)."""
-    hop, field = _strides(extractor)
-    frames = (wave.numel() - field) // hop + 1
+    geometry = extractor.geometry
+    frames = geometry.num_frames(wave.numel())
     if frames < 1:
         return extractor(wave.view(1, -1))[0]  # too short: the extractor's own error
     statistics = first_block_statistics(extractor, wave, window_frames)
@@ -78,7 +68,7 @@ def windowed_conv_features(extractor: ConvFeatureExtractor, wave: torch.Tensor,
     pieces = []
     for start in range(0, frames, window_frames):
         end = min(start + window_frames, frames)
-        x = wave[start * hop : (end - 1) * hop + field].view(1, 1, -1)
+        x = wave[geometry.samples(start, end)].view(1, 1, -1)
         if statistics is None:
             x, _ = first(x, None)
         else:  # the first block, normalised with the whole waveform's statistics

@@ -16,18 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tera.model.components import (
-    ConvFeatureExtractor,
-    Dropout,
-    GradMultiply,
-    Linear,
-    TransformerEncoder,
-    lengths_to_padding_mask,
-    masked_standardize,
-    output_frames,
-)
+from tera.model.components import Dropout, GradMultiply
 from tera.model.config import TARGET_DIM, TeraConfig
+from tera.model.encoder import TransformerEncoder
+from tera.model.feature_extractor import ConvFeatureExtractor
+from tera.model.frozen_cache import Linear
 from tera.model.masking import add_magnitude_noise, compute_span_mask, mask_channels
+from tera.model.tensors import lengths_to_padding_mask, masked_standardize
 
 
 @dataclass
@@ -67,6 +62,9 @@ class TeraPretrainOutput:
 
 
 class TeraModel(nn.Module):
+    """TERA2 (module docstring): `extract_features` for hidden states, `forward` for the
+    pre-training pass. Built from a `TeraConfig`; parameter names are fairseq's."""
+
     def __init__(self, cfg: TeraConfig, num_label_classes: int = 0) -> None:
         """`num_label_classes` > 0 adds the unused HuBERT `label_embs_concat` parameter, only
         so that checkpoints that carry it load and export unchanged."""
@@ -109,7 +107,7 @@ class TeraModel(nn.Module):
 
     def num_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
         """Frames (50 Hz) the model makes from `num_samples` waveform samples."""
-        return output_frames(num_samples, self.cfg.conv_layers)
+        return self.feature_extractor.geometry.num_frames(num_samples)
 
     def extract_features(self, waves: torch.Tensor, lengths: torch.Tensor | None = None,
                          num_layers: int | None = None) -> TeraFeatures:

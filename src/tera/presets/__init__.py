@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.model.config import TARGET_DIM, TeraConfig
+from tera.model.conv_geometry import ConvGeometry
 from tera.presets.fork_layout import from_fork_layout
 
 ALIASES = {"slim_100per": "slim"}
@@ -131,13 +132,12 @@ def forward_flops(cfg: TeraConfig, num_samples: int, sample_rate: int = 16000) -
     """
     del sample_rate
     conv = 0.0
-    frames = num_samples
     in_channels = 1
-    for channels, kernel, stride in cfg.conv_layers:
-        frames = (frames - kernel) // stride + 1
+    layer_frames = ConvGeometry.of(cfg.conv_layers).layer_frames(num_samples)
+    for (channels, kernel, _), frames in zip(cfg.conv_layers, layer_frames):
         conv += 2.0 * frames * in_channels * kernel * channels
         in_channels = channels
-    t, d, f = float(frames), cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
+    t, d, f = float(layer_frames[-1]), cfg.encoder_embed_dim, cfg.encoder_ffn_embed_dim
     projection = 2.0 * t * in_channels * d if in_channels != d else 0.0
     pos_conv = 2.0 * t * d * (d // cfg.conv_pos_groups) * cfg.conv_pos
     per_layer = 2.0 * t * (4 * d * d + 2 * d * f) + 2.0 * 2 * t * t * d

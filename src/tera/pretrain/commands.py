@@ -49,7 +49,9 @@ def run_manifest(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from tera.pretrain.config import load_config
     from tera.pretrain.trainer import pretrain
+    from tera.runtime import prepare_process
 
+    prepare_process()
     cfg = load_config(args.config_name, args.config_dir, args.overrides)
     summary = pretrain(cfg)
     print(json.dumps(summary))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tera.audio import tera_targets
-from tera.model.components import frame_mean_std, masked_standardize
+from tera.model.tensors import frame_mean_std, masked_standardize
 from tera.model.tera import TeraModel
 
 

@@ -28,7 +28,6 @@ from tera.checkpoint.card import ARCHITECTURE_FIELDS
 from tera.checkpoint.common import checked_weights
 from tera.checkpoint.training import read_training_checkpoint, training_checkpoint
 from tera.errors import UserError
-from tera.model.components import flush_denormals, keep_freed_memory
 from tera.model.tera import TeraModel
 from tera.presets import model_config, training_flops
 from tera.pretrain.config import to_plain
@@ -85,8 +84,6 @@ class Trainer:
         self.seed = int(cfg.common.seed)
 
         torch.manual_seed(self.seed)
-        flush_denormals()
-        keep_freed_memory()
         self.model_cfg = model_config(cfg)
         self.model = TeraModel(self.model_cfg).to(self.device)
         self.ddp = self.model
