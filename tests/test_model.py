@@ -1,4 +1,5 @@
-"""The TERA2 model: reference compatibility, state-dict contract, masking, padding, loss."""
+"""The TERA2 model: reference compatibility, state-dict contract, masking, padding, loss,
+its configuration and the conv extractor's geometry."""
 
 from __future__ import annotations
 
@@ -9,13 +10,28 @@ import pytest
 import soundfile as sf
 import torch
 
+from tera.checkpoint import load_checkpoint
 from tera.errors import UserError
 from tera.model.config import TeraConfig, parse_conv_layers
+from tera.model.conv_geometry import ConvGeometry
+from tera.model.feature_extractor import ConvFeatureExtractor
 from tera.model.masking import compute_span_mask
 from tera.model.tera import TeraModel, build_model
-from tera.presets import load_preset, model_config, model_cost, preset_names
+from tera.presets import (
+    forward_flops,
+    load_preset,
+    model_config,
+    model_cost,
+    preset_names,
+    read_preset,
+)
+from tera.presets.fork_layout import ignored_line
+from tera.pretrain.config import load_config
+from tera.upstream import TeraUpstream
 
-from .paths import COMPAT, FLAC
+from .paths import COMPAT, DATA, FLAC
+
+FORK = DATA / "fork_config" / "pretrain"
 
 SMALL_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 
@@ -256,6 +272,92 @@ def test_every_preset_builds_with_the_spec_sizes():
         assert abs(size - percent) / percent < 0.06, (name, size)
     seed_name = load_preset("tera_slim_200per_50flops_librispeech")
     assert seed_name.optimization.max_update == 148685
+
+
+def test_reference_keys_tera2_never_reads_are_kept_and_named_when_set(capsys):
+    """label_rate and dropout_features: carried from a checkpoint's config to its export,
+    and named as ignored (one line) when a training config sets them, as task.label_rate."""
+    cfg = TeraConfig.from_dict({"label_rate": 50, "dropout_features": 0.3})
+    assert cfg.extra == {"label_rate": 50, "dropout_features": 0.3}
+    assert cfg.to_dict()["label_rate"] == 50 and cfg.to_dict()["dropout_features"] == 0.3
+    load_config("tiny", None, ["task.data=/d"])
+    assert capsys.readouterr().err == ""  # our presets set none of them
+    load_config("tiny", None, ["task.data=/d", "model.label_rate=50",
+                               "model.dropout_features=0.2", "task.label_rate=50"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ignoring keys" in lines[0]
+    for key in ("model.label_rate", "model.dropout_features", "task.label_rate"):
+        assert key in lines[0]
+    fork, ignored = read_preset("tera_slim_librispeech", FORK)  # the fork's file sets all three
+    named = ignored_line(ignored)
+    for key in ("model.label_rate", "model.dropout_features", "task.label_rate"):
+        assert key in named
+    assert "label_rate" not in fork.task and "dropout_features" not in fork.model
+
+
+def test_a_sample_rate_other_than_16k_is_refused(tmp_path):
+    with pytest.raises(UserError, match="task.sample_rate=8000: expected 16000"):
+        load_config("tiny", None, ["task.data=/d", "task.sample_rate=8000"])
+    text = (FORK / "tera_slim_librispeech.yaml").read_text()
+    assert "  sample_rate: 16000\n" in text
+    (tmp_path / "mine.yaml").write_text(text.replace("  sample_rate: 16000\n",
+                                                     "  sample_rate: 8000\n"))
+    with pytest.raises(UserError, match="task.sample_rate=8000: expected 16000"):
+        load_config("mine", tmp_path, ["task.data=/d"])
+    model = TeraModel(small_config())
+    for rate, fits in ((16000, True), (8000, False)):
+        path = tmp_path / f"fork_{rate}.pt"
+        torch.save({"cfg": {"model": model.cfg.to_dict(), "task": {"sample_rate": rate}},
+                    "model": model.state_dict()}, path)
+        if fits:
+            assert load_checkpoint(path).task_cfg["sample_rate"] == 16000
+        else:
+            with pytest.raises(UserError, match="trained on 8000 Hz audio"):
+                load_checkpoint(path)
+
+
+# --- conv geometry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [SMALL_CONV, "[(8,400,160)] + [(8,2,1)] + [(8,1,3)]",
+                                  "[(8,3,3)] + [(8,5,2)]"])
+def test_conv_geometry_is_what_the_conv_layers_do(spec):
+    """Frame counts, hop and receptive field against the convolutions themselves: output
+    frame t depends on input samples t * hop ... t * hop + receptive_field - 1 only."""
+    torch.manual_seed(0)
+    extractor = ConvFeatureExtractor(parse_conv_layers(spec), mode="layer_norm")
+    geometry = extractor.geometry
+    field, hop = geometry.receptive_field, geometry.hop
+    assert geometry == ConvGeometry.of(parse_conv_layers(spec))
+    assert hop == math.prod(stride for _, _, stride in parse_conv_layers(spec))
+    counts = [field + k * hop + d for k in range(4) for d in (-2, -1, 0, 1)]  # each side of a step
+    for samples in counts:
+        if samples < field:
+            assert geometry.num_frames(samples) == 0
+            continue
+        features, _ = extractor.conv1d_forward(torch.randn(1, samples))
+        assert features.size(1) == geometry.num_frames(samples), samples
+    assert geometry.num_frames(torch.tensor(counts)).tolist() == [
+        geometry.num_frames(n) for n in counts]
+    wave = torch.randn(1, field + 4 * hop, requires_grad=True)
+    features, _ = extractor.conv1d_forward(wave)
+    for frame in range(features.size(1)):
+        (grad,) = torch.autograd.grad(features[0, frame].sum(), wave, retain_graph=True)
+        seen = grad[0].nonzero().flatten()
+        window = geometry.samples(frame, frame + 1)
+        assert (int(seen.min()), int(seen.max()) + 1) == (window.start, window.stop)
+        assert window.stop - window.start == field
+
+
+def test_the_model_and_its_upstream_ask_the_extractors_geometry():
+    model = TeraModel(small_config(conv_feature_layers="[(32,400,160)] + [(32,3,2)]"))
+    geometry = model.feature_extractor.geometry
+    assert (geometry.hop, geometry.receptive_field) == (320, 720)
+    upstream = TeraUpstream(model)
+    assert upstream.get_downsample_rate() == 320 and upstream.min_samples == 720
+    lengths = torch.tensor([719, 720, 1039, 1040])
+    assert model.num_frames(lengths).tolist() == [0, 1, 1, 2]
+    assert forward_flops(model.cfg, 1040)["frames"] == 2
 
 
 # --- training behaviour --------------------------------------------------------------------

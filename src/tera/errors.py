@@ -5,10 +5,13 @@ from __future__ import annotations
 import signal
 
 
-class UserError(Exception):
-    """Bad input (file, flag, config, checkpoint): the CLI prints it as one line and exits 2.
+class UserError(ValueError):
+    """Bad input (file, flag, config, checkpoint, tensor shape): the CLI prints it as one
+    line and exits 2.
 
-    The message names the file, key or shape at fault and what was expected.
+    The message names the file, key or shape at fault and what was expected. A `ValueError`,
+    so that code using tera-speech as a library catches it as it catches any bad value
+    (`except ValueError`), whether it came from a command or from inside a module.
     """
 
 

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tera.audio import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, fbank, mfcc39
 from tera.errors import UserError
 from tera.model.config import TeraConfig
+from tera.model.long_audio import extract_long
 from tera.model.tensors import lengths_to_padding_mask
 from tera.model.tera import TeraModel
 
@@ -161,8 +162,6 @@ class TeraUpstream(Upstream):
     def _one_by_one(self, wavs: list[torch.Tensor]) -> dict:
         """A batch holding a long recording: each utterance alone (the long ones through
         `extract_long`), then padded together."""
-        from tera.model.long_audio import extract_long
-
         device = self.model.mask_emb.device
         outputs = []
         for wave in wavs:
@@ -232,7 +231,7 @@ class MfccUpstream(Upstream):
 def random_tera(preset: str | TeraConfig = "slim", seed: int = 0) -> TeraModel:
     """A randomly initialised TERA2 of a preset (or a model config), in eval mode, the same
     for a given seed (the global RNG is left as it was)."""
-    from tera.presets import load_preset, model_config
+    from tera.presets import load_preset, model_config  # omegaconf: kept out of `tera --help`
 
     cfg = model_config(load_preset(preset)) if isinstance(preset, str) else preset
     with torch.random.fork_rng(devices=[]):
@@ -283,7 +282,7 @@ def load_upstream(name: str, ckpt: str | Path | None = None, *, preset: str = "s
                         "(seed %d)", preset, seed)
             return TeraUpstream(random_tera(preset, seed), chunk_seconds, context_seconds,
                                 precision=precision)
-        from tera.checkpoint import load_checkpoint
+        from tera.checkpoint import load_checkpoint  # kept out of `tera --help`
 
         return TeraUpstream(load_checkpoint(ckpt).model, chunk_seconds, context_seconds,
                             precision=precision)

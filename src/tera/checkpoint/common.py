@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from tera.audio import SAMPLE_RATE
 from tera.checkpoint.unpickler import to_plain
 from tera.errors import UserError
 from tera.model.config import (
@@ -73,6 +74,9 @@ def from_parts(path: Path, fmt: str, model_cfg: dict, task_cfg: dict, state: Any
     except (UserError, TypeError) as err:
         raise UserError(f"{path}: model config does not fit TERA2: {err}") from err
     task_cfg = {**REFERENCE_TASK_DEFAULTS, **task_cfg, "normalize": cfg.normalize}
+    if task_cfg["sample_rate"] != SAMPLE_RATE:  # an upstream is fed 16 kHz audio
+        raise UserError(f"{path}: the model was trained on {task_cfg['sample_rate']} Hz audio "
+                        f"(task sample_rate); TERA2 reads {SAMPLE_RATE} Hz audio only")
     state, dictionaries = _without_empty_labels(state, dictionaries)
     labels = state.get("label_embs_concat")
     try:

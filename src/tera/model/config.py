@@ -17,9 +17,57 @@ TARGET_DIM = 78  # 39-dim MFCC+Δ+ΔΔ stacked in pairs (see tera.audio.tera_tar
 class TeraConfig:
     """Architecture and regularisation of a TERA2 model.
 
-    Field names and defaults follow the reference `TeraConfig` (fairseq `tera` model), so a
-    checkpoint's `model_cfg` loads directly; fields the reference has but TERA2 does not use
-    (NCE temperature, conformer options, ...) are kept in `extra` and written back on export.
+    Field names and defaults are those of the reference `TeraConfig` (the fairseq fork's
+    `tera` model: key `model.NAME` in its Hydra configs and checkpoints), so a checkpoint's
+    model config loads directly. Each field, its type, and where it differs, the fork's key:
+
+    encoder_layers (int): transformer layers L (12 in every published preset but large's 24).
+    encoder_embed_dim (int): width D of the encoder and of every hidden state.
+    encoder_ffn_embed_dim (int): inner width of each layer's feed-forward block.
+    encoder_attention_heads (int): attention heads per layer; D must divide by it.
+    activation_fn (str): the feed-forward activation; only "gelu".
+    extractor_mode (str): the conv extractor's norms: "default", a per-channel instance
+        norm on the first block only (fairseq's `GroupNorm(C, C)`, here over the valid
+        frames); "layer_norm", a LayerNorm over the channels after every block.
+    conv_feature_layers (str): the conv extractor, a list literal of (channels, kernel,
+        stride) per block combined with `+` and `*` (`parse_conv_layers`; never `eval`-ed).
+        The strides' product is the hop (320 samples: 50 frames per second).
+    conv_bias (bool): whether the conv blocks have a bias.
+    conv_pos (int): kernel, in frames, of the convolutional positional embedding.
+    conv_pos_groups (int): groups of that conv; D must divide by it.
+    layer_norm_first (bool): pre-LN (LayerNorm before attention and feed-forward, one more
+        after the last layer; the large preset) instead of post-LN (TERA2 slim and base).
+    normalize (bool): standardise each waveform over its valid samples (zero mean, unit
+        variance) before the extractor. fairseq: `task.normalize`, a task setting there,
+        carried by the model here so that every use of the model applies it.
+    final_dim (int): width of HuBERT's label embeddings `label_embs_concat` (0: D), a
+        parameter TERA2 never uses, built only so that checkpoints carrying it load and
+        export unchanged.
+    dropout (float): dropout probability on the encoder input and on each layer's attention
+        and feed-forward outputs.
+    attention_dropout (float): dropout probability on the attention weights.
+    activation_dropout (float): dropout probability after the feed-forward activation.
+    encoder_layerdrop (float): LayerDrop, the probability that training skips a layer.
+    dropout_input (float): dropout probability on the projected conv features.
+    feature_grad_mult (float): factor on the gradient that flows into the conv extractor
+        (0.1 in the presets). At 0 or below the extractor is frozen: it runs without
+        recording gradients and its weights get none (the fairseq Adam variant still
+        applies weight decay to weights without a gradient).
+    mask_prob (float): time masking; spans of `mask_length` frames are started so that
+        about `mask_prob * frames / mask_length` begin per utterance (`model.masking`).
+    mask_length (int): length of a time-masked span, in frames.
+    mask_selection (str): how span lengths are drawn; only "static" (all `mask_length`).
+    mask_channel_prob (float): channel masking, the same for spans of feature channels
+        (set to zero).
+    mask_channel_length (int): length of a masked channel span.
+    mask_noise_prob (float): magnitude alteration (TERA paper; no fairseq key): the
+        probability per utterance of adding Gaussian noise to every frame of the encoder
+        input.
+    mask_noise_std (float): the standard deviation of that noise (no fairseq key).
+    extra (dict): the reference's fields TERA2 does not read (`label_rate`,
+        `dropout_features`, the NCE temperature, conformer options, ...), kept as loaded
+        and written back on export. A training config that sets them has them named as
+        ignored (`tera.presets.fork_layout`).
     """
 
     encoder_layers: int = 12
@@ -32,11 +80,8 @@ class TeraConfig:
     conv_bias: bool = False
     conv_pos: int = 128
     conv_pos_groups: int = 16
-    layer_norm_first: bool = False  # pre-LN (the large preset); TERA2 slim/base are post-LN
-    # Per-utterance waveform standardisation; a task setting in the reference (`task.normalize`),
-    # kept here because the model must apply it wherever it runs. The large preset uses it.
+    layer_norm_first: bool = False
     normalize: bool = False
-    label_rate: int = 100
     final_dim: int = 0
 
     dropout: float = 0.1
@@ -44,18 +89,13 @@ class TeraConfig:
     activation_dropout: float = 0.0
     encoder_layerdrop: float = 0.0
     dropout_input: float = 0.0
-    dropout_features: float = 0.0
     feature_grad_mult: float = 1.0
 
-    # Time alteration: fairseq span masking with a learned mask vector.
     mask_prob: float = 0.65
     mask_length: int = 10
     mask_selection: str = "static"
-    # Channel alteration: spans of feature channels set to zero (fairseq / TERA paper).
     mask_channel_prob: float = 0.0
     mask_channel_length: int = 10
-    # Magnitude alteration (TERA paper): with this probability per utterance, add Gaussian
-    # noise of this standard deviation to every frame of the encoder input.
     mask_noise_prob: float = 0.0
     mask_noise_std: float = 0.2
 

@@ -128,7 +128,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "distributed_training.distributed_backend": _one_of(*BACKENDS),
     "distributed_training.init_timeout": (_number(0, above=True), "a number of seconds above 0"),
     "task.sample_rate": (lambda v: v == 16000, "16000 (TERA2 reads 16 kHz audio)"),
-    "task.label_rate": (_count(1), "an integer of at least 1"),
     "task.max_sample_size": (_count(1), "an integer of at least 1"),
     "task.min_sample_size": (_count(0), "an integer of at least 0"),
     "dataset.max_tokens": (_count(1), "an integer of at least 1"),
