@@ -137,6 +137,7 @@ class TeraConfig:
 
     @property
     def conv_layers(self) -> list[tuple[int, int, int]]:
+        """`conv_feature_layers` parsed: (channels, kernel, stride) per block."""
         return parse_conv_layers(self.conv_feature_layers)
 
     @property
