@@ -174,12 +174,12 @@ class ConvFeatureExtractor(nn.Module):
 
     On a CPU the blocks run as matrix products (bf16 GEMMs reach the matrix units, a bf16
     `F.conv1d` much less) in a slot layout: the batch is one `[rows, channel]` matrix in
-    which every utterance owns `slot / hop` rows per block, its valid frames
-    first. Rows past an utterance's frames hold values no valid frame depends on (a frame
-    only sees the inputs of its own receptive field), so nothing is masked, copied or
-    padded between blocks, and each utterance keeps its own statistics. On CUDA (cuDNN)
-    and for layer strings the GEMM path does not cover, `F.conv1d` runs in `[batch, channel,
-    frame]`.
+    which every utterance owns a slot (its samples padded to a multiple of the hop, so
+    `slot / hop` rows after the last block), its valid frames first. Rows past an
+    utterance's frames hold values no valid frame depends on (a frame only sees the inputs
+    of its own receptive field), so nothing is masked, copied or padded between blocks,
+    and each utterance keeps its own statistics. On CUDA (cuDNN) and for layer strings the
+    GEMM path does not cover, `F.conv1d` runs in `[batch, channel, frame]`.
     """
 
     def __init__(

@@ -36,7 +36,7 @@ _TORCHRUN = "torchrun sets up the processes"
 IGNORED: dict[str, str] = {
     "task.label_dir": _NO_LABELS,
     "task.labels": _NO_LABELS,
-    "task.label_rate": _NO_LABELS,
+    "task.label_rate": "the MFCC targets' rate is fixed: 100 Hz, stacked in pairs to 50 Hz",
     "hydra": "tera writes to checkpoint.save_dir and launches no jobs",
     "distributed_training.ddp_backend": _TORCHRUN,
     "distributed_training.distributed_world_size": _TORCHRUN,
