@@ -88,14 +88,14 @@ def test_shipped_study_files_build_every_model(tmp_path):
     # the overrides of the shipped files (the conv extractor spec included) must parse and
     # give the model sizes in the right order, with the random baseline the 100 % model
     from tera.presets import count_parameters, model_config
-    from tera.study import _config, pretrain_runs, save_random_model, study_config
+    from tera.study import pretrain_config, pretrain_runs, save_random_model, study_config
 
     for quick in (False, True):
         spec = study_config(None, quick)
         runs = pretrain_runs(spec, tmp_path)
         sizes, conv = {}, {}
         for run in runs:
-            cfg = _config(spec, run.overrides, tmp_path, run.save_dir)
+            cfg = pretrain_config(spec, run.overrides, tmp_path, run.save_dir)
             conv[run.size] = cfg.model.conv_feature_layers
             sizes[run.size] = count_parameters(model_config(cfg))
         assert all(layers.startswith("[(64,10,5)]") for layers in conv.values())

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.runs.overrides import apply_overrides, leaf_keys, s3prl_overrides
+from tera.yaml_files import read_yaml_mapping
 
 Rule = tuple[Callable[[Any], bool], str]
 
@@ -219,12 +220,7 @@ def recipe_file(task: str, config: str | Path | None) -> Path:
 def load_recipe(task: str, config: str | Path | None, profile: str | None,
                 overrides: list[str]) -> DictConfig:
     path = recipe_file(task, config)
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:  # omegaconf / yaml raise many types; all mean "bad file"
-        raise UserError(f"{path}: not a valid recipe: {' '.join(str(err).split())}") from err
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{path}: a recipe is a mapping of sections")
+    cfg = read_yaml_mapping(path, "recipe", "downstream_expert, featurizer, optimizer, runner")
     profiles = cfg.pop("profiles", None) or {}
     if profile:
         if not isinstance(profiles, DictConfig) or profile not in profiles:

@@ -18,6 +18,7 @@ from tera.errors import UserError
 from tera.model.config import TARGET_DIM, TeraConfig
 from tera.model.conv_geometry import ConvGeometry
 from tera.presets.fork_layout import from_fork_layout
+from tera.yaml_files import read_yaml_mapping
 
 ALIASES = {"slim_100per": "slim"}
 COMMON = "_common"
@@ -59,7 +60,8 @@ def read_preset(name: str, config_dir: str | Path | None = None
     common = path.parent / f"{COMMON}.yaml"
     if not common.is_file():
         common = preset_dir() / f"{COMMON}.yaml"
-    return from_fork_layout(_read_yaml(path), _read_yaml(common), path)
+    return from_fork_layout(read_yaml_mapping(path, "preset"),
+                            read_yaml_mapping(common, "preset"), path)
 
 
 def preset_file(name: str, config_dir: str | Path | None = None) -> Path:
@@ -76,17 +78,6 @@ def preset_file(name: str, config_dir: str | Path | None = None) -> Path:
         f"unknown preset {name!r}; known presets: {', '.join(preset_names())}"
         + (f" (also looked in {config_dir})" if config_dir else "")
     )
-
-
-def _read_yaml(path: Path) -> DictConfig:
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:  # omegaconf/yaml raise many types; all mean "bad file"
-        reason = " ".join(str(err).split())  # YAML's message, on one line
-        raise UserError(f"{path}: not a valid YAML config: {reason}") from err
-    if not isinstance(cfg, DictConfig):
-        raise UserError(f"{path}: expected a mapping of sections at the top level")
-    return cfg
 
 
 def model_config(cfg: DictConfig) -> TeraConfig:
