@@ -4,7 +4,10 @@ task end to end on the small embedded corpus with a tiny upstream."""
 from __future__ import annotations
 
 import json
+import random
 
+import jiwer
+import numpy as np
 import pytest
 import torch
 
@@ -15,12 +18,15 @@ from tera.downstream.features import FeatureCache, batches_by_length
 from tera.downstream.metrics import (
     accuracy,
     equal_error_rate,
-    phone_error_rate,
-    word_error_rate,
+    error_rate,
+    rank_trials,
+    token_errors,
 )
 from tera.downstream.recipe import load_recipe, parse_overrides
 from tera.downstream.runner import run
+from tera.downstream.tasks import TASK_CLASSES, task_class, task_names
 from tera.errors import UserError
+from tera.report import superb_table
 from tera.upstream import load_upstream
 
 FEW_STEPS = ["runner.total_steps=6", "runner.eval_step=3", "runner.save_step=3",
@@ -29,27 +35,58 @@ FEW_STEPS = ["runner.total_steps=6", "runner.eval_step=3", "runner.save_step=3",
 
 def test_word_error_rate_counts_substitutions_deletions_insertions():
     # ref 6 words; "sat"->"sit" (S), "the" deleted (D), "too" inserted (I): 3 / 6
-    assert word_error_rate(["the cat sat on the mat"], ["the cat sit on mat too"]) == 0.5
-    assert word_error_rate(["a b", "c d e"], ["a b", ""]) == pytest.approx(3 / 5)
-    assert word_error_rate(["a b c"], ["a b c"]) == 0.0
+    errors = token_errors("the cat sat on the mat".split(), "the cat sit on mat too".split())
+    assert errors == 3 and error_rate([errors], [6]).tolist() == [0.5]
+    pairs = [("a b", "a b"), ("c d e", "")]
+    errors = [token_errors(r.split(), h.split()) for r, h in pairs]
+    assert errors == [0, 3] and error_rate(errors, [2, 3]).tolist() == [pytest.approx(3 / 5)]
+    # weights count an utterance that many times: the second twice -> 6 / 8; only the first
+    assert error_rate(errors, [2, 3], np.array([[1, 2], [1, 0]])).tolist() == [0.75, 0.0]
+
+
+def test_word_errors_are_jiwers():
+    rng = random.Random(0)
+    for _ in range(300):
+        words = [" ".join(rng.choices("abcd", k=rng.randint(1, 8))) for _ in range(2)]
+        counted = jiwer.process_words(*words)
+        assert token_errors(words[0].split(), words[1].split()) == \
+            counted.substitutions + counted.deletions + counted.insertions, words
 
 
 def test_phone_error_rate_over_tokens():
     # one substitution (b->x), one deletion (d) over 4 phones
-    assert phone_error_rate([["a", "b", "c", "d"]], [["a", "x", "c"]]) == 0.5
+    assert token_errors(["a", "b", "c", "d"], ["a", "x", "c"]) == 2
     # an insertion: multi-character tokens count as one
-    assert phone_error_rate([["aa", "b"]], [["aa", "b", "zh"]]) == 0.5
+    assert token_errors(("aa", "b"), ["aa", "b", "zh"]) == 1
+    assert error_rate([2, 1], [4, 2]).tolist() == [0.5]
 
 
-def test_equal_error_rate_at_a_known_crossing():
+def test_accuracy_and_equal_error_rate_at_a_known_crossing():
     # targets 0.9, 0.8, 0.3; non-targets 0.7, 0.2, 0.1: at a threshold in (0.3, 0.7]
     # one target of three is rejected and one non-target of three accepted -> 1/3
-    assert equal_error_rate([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.7, 0.2, 0.1]) == \
-        pytest.approx(1 / 3)
-    assert equal_error_rate([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 0.0
-    assert accuracy(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == 0.75
-    with pytest.raises(ValueError):
-        equal_error_rate([1, 1], [0.1, 0.2])
+    ranked = rank_trials([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.7, 0.2, 0.1])
+    assert equal_error_rate(ranked).tolist() == [pytest.approx(1 / 3)]
+    assert equal_error_rate(rank_trials([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1])).tolist() == [0.0]
+    assert np.isnan(equal_error_rate(rank_trials([1, 1], [0.1, 0.2]))).all()
+    assert accuracy([1, 1, 0, 1]).tolist() == [0.75]
+    assert accuracy([1, 1, 0, 1], np.array([[0, 0, 1, 1], [1, 1, 0, 0]])).tolist() == [0.5, 1]
+
+
+def test_every_task_is_found_by_its_name_and_s3prls_and_orders_the_report():
+    assert task_names() == ["pr", "ks", "sid", "asr", "asv"]
+    for task in TASK_CLASSES:
+        assert task_class(task.name) is task
+        assert all(task_class(alias) is task for alias in task.aliases)
+        assert task.header.startswith(task.name.upper()) and task.corpus_part
+        assert task.higher_is_better == (task.metric == "accuracy") and task.seconds_per_step > 0
+    assert task_class("ctc") is task_class("libriphone") is task_class("pr")
+    assert task_class("sv_voxceleb1").name == "asv"
+    with pytest.raises(UserError, match=r"'wer'; choose one of pr, ks, sid, asr, asv \(or "
+                       r"s3prl's ctc, libriphone, speech_commands, voxceleb1, sv_voxceleb1\)"):
+        task_class("wer")
+    assert superb_table([]).splitlines()[0] == (
+        "| upstream | PR PER % | KS Acc % | SID Acc % | ASR WER % | ASV EER % | params | "
+        "pre-train FLOPs | wall |")
 
 
 def test_cache_gives_the_features_of_a_recomputation(small_corpus):

@@ -16,8 +16,16 @@ from tera.downstream.bootstrap import (
     read_items,
     write_items,
 )
-from tera.downstream.metrics import equal_error_rate, phone_error_rate, word_error_rate
+from tera.downstream.metrics import equal_error_rate, error_rate, rank_trials, token_errors
 from tera.errors import UserError
+
+
+def eer(labels, scores, weights=None) -> float:
+    """`equal_error_rate` of one trial list, `weights` (if any) given in trial order."""
+    ranked = rank_trials(labels, scores)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=float)[None, ranked.order]
+    return float(equal_error_rate(ranked, weights)[0])
 
 
 def s3prl_eer(labels, scores) -> float:
@@ -46,11 +54,11 @@ def test_equal_error_rate_agrees_with_s3prl_on_random_trial_sets():
     worst = 0.0
     for _ in range(500):
         labels, scores = random_trials(rng, int(rng.integers(2, 400)))
-        worst = max(worst, abs(equal_error_rate(labels, scores) - s3prl_eer(labels, scores)))
+        worst = max(worst, abs(eer(labels, scores) - s3prl_eer(labels, scores)))
     assert worst < 1e-6
 
 
-@pytest.mark.parametrize("labels, scores, eer", [
+@pytest.mark.parametrize("labels, scores, expected", [
     ([0, 0, 1, 1], [0.3, 0.0, 0.1, 0.2], 0.5),  # the old function extrapolated to 1.0 here
     ([1, 1, 1, 0, 0, 0], [0.9, 0.8, 0.3, 0.7, 0.2, 0.1], 1 / 3),
     ([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1], 0.0),  # separated
@@ -59,18 +67,21 @@ def test_equal_error_rate_agrees_with_s3prl_on_random_trial_sets():
     ([1, 0], [0.2, 0.7], 1.0),
     ([1, 1, 0, 0, 0, 0], [0.9, 0.4, 0.4, 0.4, 0.1, 0.0], 0.25),  # a tie across the classes
 ])
-def test_equal_error_rate_edge_cases(labels, scores, eer):
-    assert equal_error_rate(labels, scores) == pytest.approx(eer, abs=1e-12)
-    assert s3prl_eer(labels, scores) == pytest.approx(eer, abs=1e-9)
+def test_equal_error_rate_edge_cases(labels, scores, expected):
+    assert eer(labels, scores) == pytest.approx(expected, abs=1e-12)
+    assert s3prl_eer(labels, scores) == pytest.approx(expected, abs=1e-9)
 
 
 def test_equal_error_rate_refuses_what_has_no_eer():
+    assert np.isnan(eer([1, 1], [0.1, 0.2]))
     with pytest.raises(ValueError, match="both target and non-target"):
-        equal_error_rate([1, 1], [0.1, 0.2])
+        Items("eer", {"enrol": ["a", "b"], "test": ["c", "d"], "label": [1, 1],
+                      "score": [0.1, 0.2], "enrol_speaker": ["s", "s"],
+                      "test_speaker": ["s", "s"]}).value()
     with pytest.raises(ValueError, match="finite"):
-        equal_error_rate([1, 0], [0.1, float("nan")])
+        rank_trials([1, 0], [0.1, float("nan")])
     with pytest.raises(ValueError, match="0 .non-target. or 1"):
-        equal_error_rate([1, 2], [0.1, 0.2])
+        rank_trials([1, 2], [0.1, 0.2])
 
 
 def test_weights_count_a_trial_that_many_times():
@@ -80,7 +91,7 @@ def test_weights_count_a_trial_that_many_times():
         weights = rng.integers(0, 4, len(labels))
         weights[:2] = 1
         repeated = np.repeat(np.arange(len(labels)), weights)
-        assert equal_error_rate(labels, scores, weights) == pytest.approx(
+        assert eer(labels, scores, weights) == pytest.approx(
             s3prl_eer(labels[repeated], scores[repeated]), abs=1e-9)
 
 
@@ -89,22 +100,18 @@ def test_weights_count_a_trial_that_many_times():
 
 def test_items_give_the_metrics_of_the_whole_set(tmp_path):
     references, hypotheses = ["a b c", "d e", "f"], ["a x c", "d e e", ""]
-    from tera.downstream.metrics import word_errors
-
-    words = Items("error_rate", {"id": ["u1", "u2", "u3"],
-                                 "errors": [word_errors(r, h) for r, h in
-                                            zip(references, hypotheses)],
+    errors = [token_errors(r.split(), h.split()) for r, h in zip(references, hypotheses)]
+    words = Items("error_rate", {"id": ["u1", "u2", "u3"], "errors": errors,
                                  "length": [3, 2, 1]})
-    assert words.value() == pytest.approx(word_error_rate(references, hypotheses)) == 0.5
+    assert words.value() == error_rate(errors, [3, 2, 1])[0] == 0.5
     phones = Items("error_rate", {"id": ["a", "b"], "errors": [2, 0], "length": [4, 4]})
-    assert phones.value() == phone_error_rate([list("abcd"), list("abcd")],
-                                              [list("ab"), list("abcd")]) == 0.25
+    assert phones.value() == 0.25
     labels, scores = random_trials(np.random.default_rng(2), 40)
     trials = Items("eer", {"enrol": [f"e{i}" for i in range(40)],
                            "test": [f"t{i}" for i in range(40)], "label": labels,
                            "score": scores, "enrol_speaker": ["s1"] * 40,
                            "test_speaker": ["s1" if y else "s2" for y in labels]})
-    assert trials.value() == pytest.approx(equal_error_rate(labels, scores))
+    assert trials.value() == pytest.approx(eer(labels, scores))
     # a file round trip keeps every row, in the same order (sorted by the row's key)
     for items in (words, trials):
         write_items(tmp_path / "x_items.tsv", items)

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from tera.corpora import librispeech
+from tera.corpora import Utterance, librispeech
 from tera.corpora.g2p import predict
 from tera.corpora.lexicon import word_phones
 from tera.corpora.phones import PHONEMES
@@ -148,6 +148,36 @@ def test_asr_targets_are_char_dict_symbols_with_word_ends_and_end(tmp_path):
     symbols = [asr.labels[i] for i in asr.targets("SHE SAID")]
     assert symbols == ["S", "H", "E", "|", "S", "A", "I", "D", "|", "</s>"]
     assert asr.labels[asr.targets("É")[0]] == "<unk>"
+
+
+def best_path(labels: list[str], path: list[str]):
+    """A head whose log-probabilities put each frame on the symbol `path` names there."""
+    frames = torch.full((1, len(path), len(labels)), -30.0)
+    for t, symbol in enumerate(path):
+        frames[0, t, labels.index(symbol)] = 0.0
+    return lambda x, lengths: frames
+
+
+def test_ctc_decoding_merges_repeats_drops_blanks_and_the_end_then_scores(tmp_path):
+    asr = task("asr", tmp_path)
+    path = ["<s>", "S", "S", "H", "E", "|", "|", "<s>", "S", "A", "<s>", "I", "D", "|",
+            "</s>", "</s>", "<s>"]
+    lengths = torch.tensor([len(path)])
+    assert asr.predict(best_path(asr.labels, path), None, lengths) == [["SHE", "SAID"]]
+    # only the valid frames count: the head's last frames are padding
+    assert asr.predict(best_path(asr.labels, path), None, torch.tensor([6])) == [["SHE"]]
+    utt = Utterance(id="u1", path=tmp_path, text="SHE SAYS")
+    value, lines, items = asr.score([utt], [["SHE", "SAID"]], "test")
+    assert value == 0.5 and lines == ["u1\tREF: SHE SAYS\tHYP: SHE SAID"]
+    assert items.columns["errors"].tolist() == [1] and items.columns["length"].tolist() == [2]
+    pr = task("pr", tmp_path)
+    path = ["<pad>", "DH", "DH", "<pad>", "AH0", "<eos>"]
+    assert pr.predict(best_path(pr.labels, path), None, torch.tensor([6])) == [["DH", "AH0"]]
+    # a learned inventory: characters with the space between words
+    asr.labels = ["<blank>", " ", "A", "B"]
+    asr.cfg["datarc"]["vocabulary"] = "learned"
+    path = ["A", " ", "<blank>", "B", "B", " ", " ", "A"]
+    assert asr.predict(best_path(asr.labels, path), None, torch.tensor([8])) == [["A", "B", "A"]]
 
 
 def test_pr_targets_are_stressed_tokens_from_the_lexicon_then_g2p(libri_root):

@@ -11,15 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tera.downstream.bootstrap import LEVEL, RESAMPLES, SEED, Items, paired_difference
-
-# Column order, metric key, header, whether higher is better, shown as percent.
-TASKS = (
-    ("pr", "PR PER %", False),
-    ("ks", "KS Acc %", True),
-    ("sid", "SID Acc %", True),
-    ("asr", "ASR WER %", False),
-    ("asv", "ASV EER %", False),
-)
+from tera.downstream.tasks import TASK_CLASSES, task_class
+from tera.runs.files import write_json, write_text
 
 
 @dataclass
@@ -53,8 +46,6 @@ def write_report(results: list[UpstreamResult], out_dir: Path, title: str,
     """Write report.md, report.json and the figures into `out_dir`; returns report.md.
     `items` ({upstream: {task: [per-item statistics of each seed]}}) gives the paired
     tests."""
-    from tera.runs.files import write_json, write_text
-
     out_dir.mkdir(parents=True, exist_ok=True)
     tests = comparisons(results, items or {})
     figures = {
@@ -122,12 +113,13 @@ def metric_cell(r: UpstreamResult, task: str) -> str:
 
 def superb_table(results: list[UpstreamResult]) -> str:
     """Markdown table: rows upstreams, columns the five tasks, size, FLOPs and wall time."""
-    header = ["upstream"] + [h for _, h, _ in TASKS] + ["params", "pre-train FLOPs", "wall"]
+    header = ["upstream", *(task.header for task in TASK_CLASSES), "params",
+              "pre-train FLOPs", "wall"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.name]
-        for task, _, _ in TASKS:
-            cells.append(metric_cell(r, task))
+        for task in TASK_CLASSES:
+            cells.append(metric_cell(r, task.name))
         cells.append(f"{r.parameters / 1e6:.2f} M" if r.parameters else "–")
         cells.append(f"{r.pretrain_flops:.2e}" if r.pretrain_flops else "–")
         cells.append(_duration(r.pretrain_wall_s) if r.pretrain_wall_s else "–")
@@ -167,18 +159,20 @@ def comparisons(results: list[UpstreamResult], items: dict[str, dict[str, list[I
     significant, and which upstream is better."""
     tests = []
     for family, a, b in comparison_pairs(results):
-        for task, _, higher_is_better in TASKS:
-            if task not in items.get(a.name, {}) or task not in items.get(b.name, {}):
+        for task in TASK_CLASSES:
+            name = task.name
+            if name not in items.get(a.name, {}) or name not in items.get(b.name, {}):
                 continue
-            test = paired_difference(items[a.name][task], items[b.name][task])
-            gain = test["difference"] if higher_is_better else -test["difference"]
+            test = paired_difference(items[a.name][name], items[b.name][name])
+            gain = test["difference"] if task.higher_is_better else -test["difference"]
             better = None if gain == 0 else (a.name if gain > 0 else b.name)
-            tests.append({"family": family, "a": a.name, "b": b.name, "task": task, **test,
+            tests.append({"family": family, "a": a.name, "b": b.name, "task": name, **test,
                           "better": better})
     return tests
 
 
 def significance_text() -> str:
+    """The paragraph that tells how to read the significance tables."""
     return (f"Paired bootstrap on the same test items ({RESAMPLES} resamples: utterances; "
             "speakers for ASV; and the seeds, where there are several): a cell says which "
             f"upstream of the row is better, by how many points, with the {LEVEL:.0%} "
@@ -190,12 +184,13 @@ def significance_text() -> str:
 def significance_tables(tests: list[dict]) -> list[str]:
     """One markdown table per family: rows the pairs, columns the tasks."""
     lines = []
-    headers = {task: header for task, header, _ in TASKS}
     for family in dict.fromkeys(t["family"] for t in tests):
         chosen = [t for t in tests if t["family"] == family]
-        tasks = [task for task, _, _ in TASKS if any(t["task"] == task for t in chosen)]
-        lines += [f"### {family}", "", "| A vs B | " + " | ".join(headers[t] for t in tasks)
-                  + " |", "|" + "---|" * (len(tasks) + 1)]
+        tasks = [task.name for task in TASK_CLASSES
+                 if any(t["task"] == task.name for t in chosen)]
+        lines += [f"### {family}", "", "| A vs B | "
+                  + " | ".join(task_class(t).header for t in tasks) + " |",
+                  "|" + "---|" * (len(tasks) + 1)]
         for a, b in dict.fromkeys((t["a"], t["b"]) for t in chosen):
             cells = {t["task"]: significance_cell(t) for t in chosen
                      if (t["a"], t["b"]) == (a, b)}
@@ -208,8 +203,8 @@ def significance_tables(tests: list[dict]) -> list[str]:
 def significance_cell(test: dict) -> str:
     """'**A** by 12.30 [9.40, 15.10]': the better upstream (A or B of the row), its gain in
     points and the gain's interval."""
-    higher = next(h for task, _, h in TASKS if task == test["task"])
-    sign = 1 if higher else -1  # gain of A over B = sign * (a - b)
+    # gain of A over B = sign x (a - b)
+    sign = 1 if task_class(test["task"]).higher_is_better else -1
     gain, low, high = (sign * 100 * test[k] + 0.0 for k in ("difference", "low", "high"))
     low, high = min(low, high), max(low, high)
     if test["better"] is None:
@@ -228,6 +223,7 @@ def _duration(seconds: float) -> str:
 
 
 def _pyplot():
+    # deferred: matplotlib loads only when a report draws its figures
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -243,7 +239,7 @@ def plot_valley_curve(results: list[UpstreamResult], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (task, label) in zip(axes, [("asr", "ASR WER %"), ("asv", "ASV EER %")]):
+    for ax, (task, label) in zip(axes, [(t, task_class(t).header) for t in ("asr", "asv")]):
         for budget in sorted({r.budget for r in pretrained}, reverse=True):
             points = sorted((r.size_percent, *_value_and_bounds(r, task)) for r in pretrained
                             if r.budget == budget and _finite(r.metrics.get(task)))
@@ -274,6 +270,7 @@ def plot_valley_curve(results: list[UpstreamResult], path: Path) -> Path | None:
 
 
 def plot_loss_curves(results: list[UpstreamResult], path: Path) -> Path | None:
+    """Each pre-trained upstream's training loss (validation loss dashed) per update."""
     curves = [r for r in results if r.loss_curve]
     if not curves:
         return None
@@ -306,7 +303,7 @@ def plot_layer_weights(results: list[UpstreamResult], path: Path) -> Path | None
     plt = _pyplot()
     fig, axes = plt.subplots(len(multi), 1, figsize=(7, 1.2 + 1.1 * len(multi)), squeeze=False)
     for ax, r in zip(axes[:, 0], multi):
-        tasks = [t for t, _, _ in TASKS if len(r.layer_weights.get(t, [])) > 1]
+        tasks = [t.name for t in TASK_CLASSES if len(r.layer_weights.get(t.name, [])) > 1]
         width = max(len(r.layer_weights[t]) for t in tasks)
         grid = [r.layer_weights[t] + [math.nan] * (width - len(r.layer_weights[t]))
                 for t in tasks]

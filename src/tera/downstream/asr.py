@@ -9,10 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tera.corpora import librispeech
-from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
-from tera.downstream.bootstrap import Items
-from tera.downstream.buckets import utterance_batches
-from tera.downstream.metrics import word_errors
+from tera.downstream.ctc import CtcTask
 from tera.downstream.specaugment import SpecAugment, build_specaugment
 
 
@@ -83,8 +80,7 @@ def bidirectional_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) ->
     direction runs forward in time over each utterance's frames reversed in place (padding
     stays at the end), so padding never reaches a valid frame. Packed sequences take
     PyTorch's generic CPU path, whose backward re-fills a full-size gradient buffer at every
-    time step: a 2 x 128 BiLSTM step on 6 x 3.3 s of 100 Hz features took 0.43 s; unpacked
-    runs take oneDNN's kernels, 0.07 s here."""
+    time step; unpacked runs take oneDNN's kernels, several times faster."""
     flip = Reversal(lengths.to(x.device), x.size(1))
     for layer in range(lstm.num_layers):
         if layer > 0:
@@ -115,29 +111,36 @@ CHAR_DICT = tuple("| E T A O N I H S R D L U M C W F G Y P B V K ' X J Q Z".spli
 WORD_END, END, UNKNOWN = "|", "</s>", "<unk>"
 
 
-class AsrTask(Task):
+class AsrTask(CtcTask):
     """`datarc.vocabulary`: `char.dict` (s3prl's dictionary and target form) or `learned`
     (the characters of the training transcripts, space included, after a blank)."""
 
-    name, metric, best_name = "asr", "wer", "dev-clean-best.ckpt"
+    name, metric, header, best_name = "asr", "wer", "ASR WER %", "dev-clean-best.ckpt"
+    corpus_part = "librispeech"
+    seconds_per_step = 0.074
+    s3prl_vocabulary, s3prl_labels = "char.dict", (*FAIRSEQ_SPECIALS, *CHAR_DICT)
+    unknown, end = UNKNOWN, END
 
     def examples(self, split: str):
         return librispeech.load_split(self.root, split)
 
-    @property
-    def uses_char_dict(self) -> bool:
-        return self.cfg.get("datarc", {}).get("vocabulary", "learned") == "char.dict"
+    def learned_inventory(self, train):
+        return librispeech.characters(train)
 
-    def prepare(self, train) -> None:
-        if self.uses_char_dict:
-            self.labels = [*FAIRSEQ_SPECIALS, *CHAR_DICT]
-        else:
-            self.labels = ["<blank>"] + librispeech.characters(train)
+    def transcript(self, utt):
+        return utt.text
 
-    def batches(self, sizes, shuffle, seed):
-        # evaluation keeps the runner's batches: the head's output does not depend on them
-        return utterance_batches(sizes, self.cfg.get("datarc", {}), shuffle, seed) \
-            if shuffle else None
+    def symbols(self, transcript):
+        if not self.uses_s3prl_vocabulary:
+            return list(transcript)
+        return [*WORD_END.join(transcript.upper().split()), WORD_END]
+
+    def tokens(self, transcript):
+        return transcript.split()
+
+    def hypothesis(self, symbols):
+        spaces = WORD_END if self.uses_s3prl_vocabulary else " "
+        return "".join(symbols).replace(spaces, " ").split()
 
     def build_head(self, dim: int) -> nn.Module:
         m = self.cfg["modelrc"]
@@ -146,28 +149,3 @@ class AsrTask(Task):
                              dropout_after_each_layer=m.get("dropout_after_each_layer", False),
                              layer_norm=m.get("layer_norm", False), proj=m.get("proj", False),
                              specaugment=build_specaugment(self.cfg.get("specaug")))
-
-    def targets(self, text: str) -> list[int]:
-        """The CTC target of a transcript."""
-        index = {c: i for i, c in enumerate(self.labels)}
-        if not self.uses_char_dict:
-            return [index[c] for c in text if c in index]
-        symbols = [*WORD_END.join(text.upper().split()), WORD_END]
-        return [index.get(c, index[UNKNOWN]) for c in symbols] + [index[END]]
-
-    def loss(self, head, x, lengths, utts):
-        return ctc_loss(head(x, lengths), lengths, [self.targets(u.text) for u in utts])
-
-    def predict(self, head, x, lengths):
-        decoded = greedy_ctc(head(x, lengths), lengths)
-        spaces = WORD_END if self.uses_char_dict else " "
-        return [" ".join("".join(self.labels[t] for t in seq if self.labels[t] != END)
-                         .replace(spaces, " ").split()) for seq in decoded]
-
-    def score(self, utts, predictions, split):  # noqa: ARG002
-        lines = [f"{u.id}\tREF: {u.text}\tHYP: {h}" for u, h in zip(utts, predictions)]
-        items = Items("error_rate", {
-            "id": [u.id for u in utts],
-            "errors": [word_errors(u.text, h) for u, h in zip(utts, predictions, strict=True)],
-            "length": [len(u.text.split()) for u in utts]})
-        return Scored(items.value(), lines, items)

@@ -20,7 +20,7 @@ from torch import nn
 
 from tera.corpora import Utterance, voxceleb1
 from tera.corpora.lengths import processed_samples
-from tera.downstream.base import Scored, Task, am_softmax, with_crops
+from tera.downstream.base import Scored, Task, am_softmax, max_timestep_crops
 from tera.downstream.bootstrap import Items
 from tera.downstream.embedded_heads import XVector
 
@@ -38,6 +38,7 @@ class TdnnLayer(nn.Module):
 
     @property
     def shrink(self) -> int:
+        """How many frames shorter the output is than the input."""
         return (self.context - 1) * self.dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,8 @@ class SuperbXVector(nn.Module):
 
     def am_softmax_loss(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
                         ) -> torch.Tensor:
+        """AM-softmax over the training speakers (`labels`: their indices `[batch]`) of the
+        extractor's second layer."""
         trained = torch.relu(self.extractor2(self.embedding(x, lengths)))
         cosine = nn.functional.normalize(trained) @ nn.functional.normalize(self.classifier,
                                                                             dim=0)
@@ -95,7 +98,13 @@ class SuperbXVector(nn.Module):
 
 
 class AsvTask(Task):
-    name, metric = "asv", "eer"
+    """Speaker verification: an embedding per utterance, the cosine score of each trial of
+    two utterances, the EER over the trial list."""
+
+    name, metric, header = "asv", "eer", "ASV EER %"
+    aliases = ("sv_voxceleb1",)
+    corpus_part = "voxceleb1"
+    seconds_per_step = 0.051
     dev_fraction = 0.1
 
     def __init__(self, root, cfg) -> None:
@@ -145,8 +154,7 @@ class AsvTask(Task):
         return self._effects([unique[k] for k in sorted(unique)])
 
     def epoch(self, train, seed):
-        max_samples = self.cfg["datarc"].get("max_timestep")
-        return with_crops(train, int(max_samples), seed) if max_samples else train
+        return max_timestep_crops(train, self.cfg["datarc"], seed)
 
     def prepare(self, train) -> None:
         self.labels = sorted({u.speaker for u in train})

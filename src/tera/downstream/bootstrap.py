@@ -40,7 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tera.downstream.metrics import RankedTrials, rank_trials, ranked_equal_error_rates
+from tera.downstream.metrics import (
+    RankedTrials,
+    accuracy,
+    equal_error_rate,
+    error_rate,
+    rank_trials,
+)
+from tera.errors import UserError
+from tera.runs.files import write_text
 
 LEVEL = 0.95
 RESAMPLES = 1000
@@ -90,9 +98,11 @@ class Items:
 
     @property
     def unit(self) -> str:
+        """What a bootstrap resample draws: utterances, or speakers for the EER."""
         return UNITS[self.kind]
 
     def keys(self) -> list[tuple]:
+        """The identifying columns of each row (utterance id; enrol and test ids)."""
         return list(zip(*(self.columns[k].tolist() for k in KEYS[self.kind])))
 
     def value(self) -> float:
@@ -106,22 +116,21 @@ class Items:
     def metric(self, weights: np.ndarray) -> np.ndarray:
         """The metric under each row of weights: `[rows, items]` -> `[rows]`."""
         if self.kind == "eer":
-            return ranked_equal_error_rates(self._ranking, weights[:, self._ranking.order])
+            return equal_error_rate(self._ranking, weights[:, self._ranking.order])
         return self._rate(weights)
 
     def resampled(self, draws: np.ndarray) -> np.ndarray:
         """The metric under each row of unit draws (`[rows, units]`, see `weights`):
         `[rows]`, with the weights built directly in the order the metric reads them."""
         if self.kind == "eer":
-            return ranked_equal_error_rates(self._ranking, self._weights(draws, ranked=True))
+            return equal_error_rate(self._ranking, self._weights(draws, ranked=True))
         return self._rate(self._weights(draws, ranked=False))
 
     def _rate(self, weights: np.ndarray) -> np.ndarray:
         c = self.columns
         if self.kind == "error_rate":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return (weights @ c["errors"].astype(float)) / (weights @ c["length"].astype(float))
-        return (weights @ c["correct"].astype(float)) / weights.sum(1)
+            return error_rate(c["errors"], c["length"], weights)
+        return accuracy(c["correct"], weights)
 
     def units(self) -> tuple[int, np.ndarray, np.ndarray]:
         """(number of resampling units, unit of each item, second unit of each item or -1).
@@ -175,8 +184,7 @@ def items_path(folder: str | Path, split: str) -> Path:
 
 
 def write_items(path: Path, items: Items) -> None:
-    from tera.runs.files import write_text
-
+    """`items` as a tab-separated file with a header (`read_items` reads it back)."""
     rows = ["\t".join(COLUMNS[items.kind])]
     values = [items.columns[name].tolist() for name in COLUMNS[items.kind]]
     rows += ["\t".join(_cell(v) for v in row) for row in zip(*values)]
@@ -189,8 +197,6 @@ def _cell(value) -> str:
 
 def read_items(path: Path) -> Items:
     """An items file (`<split>_items.tsv`) back; its kind is told by its header."""
-    from tera.errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no per-item statistics (a run of an older version? evaluate "

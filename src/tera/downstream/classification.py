@@ -30,7 +30,9 @@ class LinearProbe(nn.Module):
 
 
 class ClassificationTask(Task):
-    """A task whose items carry a class in `Utterance.label`, one of `self.labels`."""
+    """A task whose utterances carry a class in `Utterance.label`, one of `self.labels`; its
+    head maps features to logits `[batch, len(labels)]`. Loss: cross-entropy; prediction:
+    the top class; metric: accuracy."""
 
     metric, higher_is_better = "accuracy", True
 

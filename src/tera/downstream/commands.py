@@ -10,6 +10,7 @@ from tera.upstream import TERA2_CHECKPOINT_NAMES, UPSTREAMS, checked_device, ups
 
 
 def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
+    """`tera downstream` and its flags."""
     p = sub.add_parser(
         "downstream", help="train / evaluate a SUPERB task (s3prl's run_downstream flags)",
         description="Examples: tera downstream -m train -d ks -u tera2 -k ckpt.pt -n ks_run; "
@@ -48,6 +49,7 @@ def add_downstream_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """Check the flags, run the task and print results.json's headline as one JSON line."""
     from tera.downstream.recipe import parse_overrides
     from tera.downstream.runner import run
     from tera.errors import UserError

@@ -1,6 +1,6 @@
 """The heads the embedded profile keeps (CPU-sized runs on the generated corpus), beside the
-SUPERB heads of the real-data recipes; their parameter names are those of earlier
-checkpoints."""
+SUPERB heads of the real-data recipes; their parameter names are fixed, so that the
+checkpoints already saved with them still load."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ class XVector(nn.Module):
         self.margin, self.scale = margin, scale
 
     def embedding(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`[batch, frame, dim]` and valid frames `[batch]` -> embeddings `[batch,
+        embedding]`."""
         h = self.tdnn(x.transpose(1, 2))  # [B, C, T]
         valid = (torch.arange(h.size(2), device=h.device) < lengths.unsqueeze(1)).unsqueeze(1)
         count = lengths.clamp(min=1).view(-1, 1).to(h.dtype)
@@ -62,6 +64,7 @@ class XVector(nn.Module):
 
     def am_softmax_loss(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
                         ) -> torch.Tensor:
+        """AM-softmax over the training speakers (`labels`: their indices `[batch]`)."""
         cosine = (nn.functional.normalize(self.embedding(x, lengths))
                   @ nn.functional.normalize(self.classifier).T)
         return am_softmax(cosine, labels, self.margin, self.scale)

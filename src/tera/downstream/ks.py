@@ -20,7 +20,12 @@ from tera.downstream.embedded_heads import PooledMlpHead
 
 
 class KsTask(ClassificationTask):
-    name = "ks"
+    """Keyword spotting: the class of each 1 s clip, a fixed inventory (`CLASSES`)."""
+
+    name, header = "ks", "KS Acc %"
+    aliases = ("speech_commands",)
+    corpus_part = "speech_commands"
+    seconds_per_step = 0.0015
     train_split, dev_split, test_split = "train", "valid", "test"
 
     def __init__(self, root, cfg) -> None:
@@ -47,7 +52,7 @@ class KsTask(ClassificationTask):
     def build_head(self, dim) -> nn.Module:
         m = self.cfg["modelrc"]
         if m.get("probe", "linear") == "mlp":
-            # checkpoints before the linear probe named the width hidden_size
+            # the recipes of saved MLP checkpoints name the width hidden_size
             return PooledMlpHead(dim, m.get("projector_dim", m.get("hidden_size")),
                                  len(self.labels))
         return LinearProbe(dim, m["projector_dim"], len(self.labels))

@@ -1,86 +1,50 @@
-"""Downstream metrics: WER (jiwer), PER (editdistance over phone tokens), accuracy and EER.
-All returned as fractions.
+"""Downstream metrics, one function each, all returned as fractions: the error rate (WER over
+words, PER over phones), the accuracy and the EER.
 
-The error counts per utterance (`word_errors`, `phone_errors`) are what the bootstrap
-resamples (`tera.downstream.bootstrap`); the set-level rates are their sums over the
-reference lengths. The EER builds its ROC itself (vectorised over bootstrap weightings), so
-no downstream job imports scikit-learn (2 s of every job's start).
+A metric is a function of per-item statistics under weights (how many times each item is
+counted): errors and reference length per utterance, correct or not per utterance, label
+and score per trial. Weights `[rows, items]` give one value per row, so the set's metric
+(one row of ones) and a thousand bootstrap resamples (`tera.downstream.bootstrap`) run
+through the same code. The EER builds its ROC itself, vectorised over the rows, so no
+downstream job pays for importing scikit-learn at its start.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import editdistance
-import jiwer
 import numpy as np
 
 
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Substitutions + deletions + insertions of one pair (jiwer refuses empty strings:
-    those are counted here)."""
-    if not reference.split() or not hypothesis.split():
-        return max(len(reference.split()), len(hypothesis.split()))
-    output = jiwer.process_words(reference, hypothesis)
-    return output.substitutions + output.deletions + output.insertions
+def token_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Substitutions + deletions + insertions that turn the reference tokens into the
+    hypothesis (their edit distance): words for WER (`text.split()`), phones for PER (a
+    multi-character phone is one token)."""
+    return editdistance.eval(list(reference), list(hypothesis))
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """(substitutions + deletions + insertions) / reference words, over the whole set."""
-    if not references:
-        raise ValueError("no references")
-    words = sum(len(r.split()) for r in references)
-    if words == 0:
-        raise ValueError("the references hold no words")
-    errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
-    return errors / words
+def _each_once(weights: np.ndarray | None, items: int) -> np.ndarray:
+    return np.ones((1, items)) if weights is None else weights
 
 
-def phone_errors(reference: list[str], hypothesis: list[str]) -> int:
-    """Edit distance over phone tokens (a multi-character phone is one token)."""
-    return editdistance.eval(reference, hypothesis)
+def error_rate(errors, lengths, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted errors / weighted reference lengths under each row of `weights` (`[rows,
+    items]`; None: each item once) -> `[rows]` (NaN where the weighted references are
+    empty)."""
+    errors, lengths = np.asarray(errors), np.asarray(lengths)
+    weights = _each_once(weights, len(errors))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ errors.astype(float)) / (weights @ lengths.astype(float))
 
 
-def phone_error_rate(references: list[list[str]], hypotheses: list[list[str]]) -> float:
-    """Edit distance over phone tokens / reference tokens, over the whole set."""
-    tokens = sum(len(r) for r in references)
-    if tokens == 0:
-        raise ValueError("the references hold no phones")
-    return sum(phone_errors(r, h) for r, h in zip(references, hypotheses, strict=True)) / tokens
-
-
-def accuracy(labels: list, predictions: list) -> float:
-    if not labels:
-        raise ValueError("no labels")
-    return float(np.mean([a == b for a, b in zip(labels, predictions, strict=True)]))
-
-
-def equal_error_rate(labels, scores, weights=None) -> float:
-    """The rate at which false acceptances equal false rejections.
-
-    s3prl's definition (`sv_voxceleb1/utils.py`: scikit-learn's ROC, then
-    `brentq(lambda x: 1 - x - interp1d(fpr, tpr)(x), 0, 1)`): the point where the ROC,
-    joined by straight lines between its points, crosses fpr + tpr = 1. Trials with equal
-    scores form one ROC step (a diagonal segment when it mixes targets and non-targets).
-    `weights` (one per trial, >= 0) count a trial that many times.
-    """
-    labels = np.asarray(labels)
-    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
-    value = equal_error_rates(labels, scores, weights[None])[0]
-    if np.isnan(value):
-        raise ValueError("EER needs both target and non-target trials")
-    return float(value)
-
-
-def equal_error_rates(labels, scores, weights: np.ndarray) -> np.ndarray:
-    """`equal_error_rate` of one trial list under many weightings at once (the bootstrap):
-    labels, scores `[trials]`, weights `[rows, trials]` -> `[rows]` (NaN for a row without
-    both target and non-target weight)."""
-    ranked = rank_trials(labels, scores)
-    if weights.shape[-1] != len(ranked.order):
-        raise ValueError(f"{len(ranked.order)} trials and weights of shape {weights.shape} "
-                         "do not match")
-    return ranked_equal_error_rates(ranked, weights[:, ranked.order])
+def accuracy(correct, weights: np.ndarray | None = None) -> np.ndarray:
+    """The weighted share of items right (`correct`: 1 or 0 per item) under each row of
+    `weights` (`[rows, items]`; None: each item once) -> `[rows]`."""
+    correct = np.asarray(correct)
+    weights = _each_once(weights, len(correct))
+    return (weights @ correct.astype(float)) / weights.sum(1)
 
 
 @dataclass(frozen=True)
@@ -94,7 +58,8 @@ class RankedTrials:
 
 
 def rank_trials(labels, scores) -> RankedTrials:
-    """Check a trial list and sort it for `ranked_equal_error_rates`."""
+    """Check a trial list (labels 1 target / 0 non-target, finite scores) and sort it for
+    `equal_error_rate`."""
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or not len(scores):
@@ -109,10 +74,23 @@ def rank_trials(labels, scores) -> RankedTrials:
     return RankedTrials(order, labels[order].astype(bool), ends)
 
 
-def ranked_equal_error_rates(ranked: RankedTrials, weights: np.ndarray) -> np.ndarray:
-    """The EER under each row of weights given in ranked order (`weights[:, k]` weighs trial
-    `ranked.order[k]`): `[rows, trials]` -> `[rows]`. Works in place where it can: besides
-    the weights it holds about three arrays of their size."""
+def equal_error_rate(ranked: RankedTrials, weights: np.ndarray | None = None) -> np.ndarray:
+    """The rate at which false acceptances equal false rejections, under each row of
+    `weights` given in ranked order (`weights[:, k]` weighs trial `ranked.order[k]`; None:
+    each trial once): `[rows, trials]` -> `[rows]`, NaN for a row without both target and
+    non-target weight.
+
+    s3prl's definition (`sv_voxceleb1/utils.py`: scikit-learn's ROC, then
+    `brentq(lambda x: 1 - x - interp1d(fpr, tpr)(x), 0, 1)`): the point where the ROC,
+    joined by straight lines between its points, crosses fpr + tpr = 1. Trials with equal
+    scores form one ROC step (a diagonal segment when it mixes targets and non-targets).
+    Works in place where it can: besides the weights it holds about three arrays of their
+    size.
+    """
+    weights = _each_once(weights, len(ranked.order))
+    if weights.shape[-1] != len(ranked.order):
+        raise ValueError(f"{len(ranked.order)} trials and weights of shape {weights.shape} "
+                         "do not match")
     accepted = np.empty_like(weights, dtype=np.float64)
     np.multiply(weights, ranked.target, out=accepted)
     np.cumsum(accepted, axis=1, out=accepted)

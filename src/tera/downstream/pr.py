@@ -1,5 +1,5 @@
 """PR (SUPERB): a linear head (optionally after a linear projection) + CTC over phones, PER by
-edit distance over phone tokens."""
+edit distance over phone tokens, on LibriSpeech with phone transcripts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from torch import nn
 
 from tera.corpora import librispeech
 from tera.corpora.phones import PHONEMES
-from tera.downstream.base import Scored, Task, ctc_loss, greedy_ctc
-from tera.downstream.bootstrap import Items
-from tera.downstream.buckets import utterance_batches
-from tera.downstream.metrics import phone_errors
+from tera.downstream.ctc import CtcTask
 
 # s3prl's text encoder puts these before the phones of `ctc/vocab/phoneme.txt`; `<pad>` is
 # the CTC blank and every target ends with `<eos>`.
@@ -35,11 +32,16 @@ class LinearCtcHead(nn.Module):
         return self.output(x).log_softmax(-1)
 
 
-class PrTask(Task):
+class PrTask(CtcTask):
     """`datarc.vocabulary`: `phoneme.txt` (s3prl's stressed phone set after pad, eos and unk)
     or `learned` (the phones of the training transcripts after a blank)."""
 
-    name, metric = "pr", "per"
+    name, metric, header = "pr", "per", "PR PER %"
+    aliases = ("ctc", "libriphone")
+    corpus_part = "librispeech"
+    seconds_per_step = 0.015
+    s3prl_vocabulary, s3prl_labels = "phoneme.txt", (PAD, EOS, UNKNOWN, *PHONEMES)
+    unknown, end = UNKNOWN, EOS
 
     def examples(self, split):
         # `datarc.lexicon`: lexicon files (s3prl's `corpus.lexicon`), else the one beside
@@ -48,45 +50,12 @@ class PrTask(Task):
         return librispeech.load_split(self.root, split, with_phones=True, lexicons=None
                                       if lexicons is None else [Path(p) for p in lexicons])
 
-    @property
-    def uses_phoneme_txt(self) -> bool:
-        return self.cfg.get("datarc", {}).get("vocabulary", "learned") == "phoneme.txt"
+    def learned_inventory(self, train):
+        return librispeech.phone_inventory(train)
 
-    def prepare(self, train) -> None:
-        if self.uses_phoneme_txt:
-            self.labels = [PAD, EOS, UNKNOWN, *PHONEMES]
-        else:
-            self.labels = ["<blank>"] + librispeech.phone_inventory(train)
-
-    def batches(self, sizes, shuffle, seed):
-        # evaluation keeps the runner's batches: the head works frame by frame
-        return utterance_batches(sizes, self.cfg.get("datarc", {}), shuffle, seed) \
-            if shuffle else None
+    def transcript(self, utt):
+        return utt.phones
 
     def build_head(self, dim):
         return LinearCtcHead(dim, len(self.labels), self.cfg.get("modelrc", {}).get(
             "project_dim"))
-
-    def targets(self, phones: tuple[str, ...]) -> list[int]:
-        """The CTC target of a phone transcript."""
-        index = {p: i for i, p in enumerate(self.labels)}
-        if not self.uses_phoneme_txt:
-            return [index[p] for p in phones if p in index]
-        return [index.get(p, index[UNKNOWN]) for p in phones] + [index[EOS]]
-
-    def loss(self, head, x, lengths, utts):
-        return ctc_loss(head(x, lengths), lengths, [self.targets(u.phones) for u in utts])
-
-    def predict(self, head, x, lengths):
-        return [[self.labels[t] for t in seq if self.labels[t] != EOS]
-                for seq in greedy_ctc(head(x, lengths), lengths)]
-
-    def score(self, utts, predictions, split):  # noqa: ARG002
-        lines = [f"{u.id}\tREF: {' '.join(u.phones)}\tHYP: {' '.join(h)}"
-                 for u, h in zip(utts, predictions)]
-        items = Items("error_rate", {
-            "id": [u.id for u in utts],
-            "errors": [phone_errors(list(u.phones), h)
-                       for u, h in zip(utts, predictions, strict=True)],
-            "length": [len(u.phones) for u in utts]})
-        return Scored(items.value(), lines, items)

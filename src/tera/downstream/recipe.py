@@ -184,6 +184,7 @@ def check_recipe(task: str, cfg: DictConfig, what: str = "downstream config") ->
 
 
 def recipe_path(task: str) -> Path:
+    """The task's built-in recipe, `configs/downstream/<task>.yaml` in the package."""
     return Path(str(resources.files("tera") / "configs" / "downstream" / f"{task}.yaml"))
 
 
@@ -219,6 +220,9 @@ def recipe_file(task: str, config: str | Path | None) -> Path:
 
 def load_recipe(task: str, config: str | Path | None, profile: str | None,
                 overrides: list[str]) -> DictConfig:
+    """The recipe of `task` (`-c config`, else the built-in one) with `profile` applied
+    (`embedded` for the embedded corpus, None for real data), then the `-o` overrides;
+    checked before and after the overrides."""
     path = recipe_file(task, config)
     cfg = read_yaml_mapping(path, "recipe", "downstream_expert, featurizer, optimizer, runner")
     profiles = cfg.pop("profiles", None) or {}

@@ -11,13 +11,18 @@ from __future__ import annotations
 from torch import nn
 
 from tera.corpora import voxceleb1
-from tera.downstream.base import with_crops
+from tera.downstream.base import max_timestep_crops
 from tera.downstream.classification import ClassificationTask, LinearProbe
 from tera.downstream.embedded_heads import PooledLinearHead
 
 
 class SidTask(ClassificationTask):
-    name = "sid"
+    """Speaker identification: the speaker of each utterance, among the training speakers."""
+
+    name, header = "sid", "SID Acc %"
+    aliases = ("voxceleb1",)
+    corpus_part = "voxceleb1"
+    seconds_per_step = 0.007
 
     def examples(self, split):
         return voxceleb1.load_identification(self.root, split)
@@ -26,8 +31,7 @@ class SidTask(ClassificationTask):
         self.labels = sorted({u.label for u in train})
 
     def epoch(self, train, seed):
-        max_samples = self.cfg["datarc"].get("max_timestep")
-        return with_crops(train, int(max_samples), seed) if max_samples else train
+        return max_timestep_crops(train, self.cfg["datarc"], seed)
 
     def build_head(self, dim) -> nn.Module:
         projector = self.cfg["modelrc"].get("projector_dim")

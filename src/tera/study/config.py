@@ -14,9 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from tera.downstream import DEFAULT_SEED
+from tera.downstream.tasks import task_names
 from tera.errors import UserError
 from tera.pretrain.config import load_config
-from tera.report import TASKS
 from tera.yaml_files import read_yaml_mapping
 
 # Seed k of a study runs its downstream jobs with `--seed 1337 + k` (1337: the runner's
@@ -52,7 +52,7 @@ def _is_list_of(check) -> object:  # noqa: ANN001
     return lambda v: isinstance(v, list) and all(check(x) for x in v)
 
 
-_TASK_NAMES = tuple(name for name, _, _ in TASKS)
+_TASK_NAMES = tuple(task_names())
 
 # key -> (allowed, what is allowed, required)
 STUDY_SCHEMA = {
