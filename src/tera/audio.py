@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 from tera.errors import UserError
@@ -57,8 +58,8 @@ def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, min_samples:
     from `start` when `samples` is None): from a WAV or FLAC file (or another PCM container)
     at that rate only the span is decoded (a seek), so a span costs the same from a 10 s and
     a 20-minute file; other files are decoded (and resampled) whole, then cut. Missing,
-    unreadable, empty, too short (under
-    `min_samples`) or non-finite audio raises `UserError` naming the file.
+    unreadable, empty, too short (under `min_samples`) or non-finite audio raises
+    `UserError` naming the file.
     """
     with _opened(path) as sound:
         return _decode(sound, Path(path), sample_rate, min_samples, start, samples)
@@ -130,9 +131,8 @@ def _decode(sound: sf.SoundFile, path: Path, sample_rate: int, min_samples: int,
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Band-limited resampling with soxr (high quality)."""
-    import soxr
-
+    """`wave` (1-D, at `rate_in` Hz) at `rate_out` Hz, band-limited by soxr (its "HQ"
+    quality), as float32."""
     return soxr.resample(wave, rate_in, rate_out, quality="HQ").astype(np.float32)
 
 
@@ -143,9 +143,10 @@ def _reason(err: Exception) -> str:
 # --- framing -----------------------------------------------------------------------------------
 
 
-def num_frames(num_samples, frame_length: int = FRAME_LENGTH, frame_shift: int = FRAME_SHIFT):
+def num_frames(num_samples: int | torch.Tensor, frame_length: int = FRAME_LENGTH,
+               frame_shift: int = FRAME_SHIFT) -> int | torch.Tensor:
     """Kaldi's frame count with `snip_edges`: 1 + (S - 400) // 160, and 0 below one window.
-    Works on ints and tensors."""
+    Works on ints and tensors (element-wise)."""
     if isinstance(num_samples, torch.Tensor):
         frames = torch.div(num_samples - frame_length, frame_shift, rounding_mode="floor") + 1
         return frames.clamp(min=0)
@@ -220,7 +221,7 @@ def _log_mel(waves: torch.Tensor, num_bins: int) -> torch.Tensor:
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = (frames - PREEMPHASIS * previous) * _povey_window(waves.device).to(waves.dtype)
     spectrum = torch.fft.rfft(frames, n=FFT_SIZE)
-    power = spectrum.real.square() + spectrum.imag.square()  # 9x faster than abs().pow(2)
+    power = spectrum.real.square() + spectrum.imag.square()  # abs().pow(2) takes a square root
     energies = power @ _mel_banks(num_bins, waves.device).to(power.dtype)
     return energies.clamp(min=EPSILON).log()
 

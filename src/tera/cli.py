@@ -21,13 +21,13 @@ from tera.errors import Terminated, UserError, raise_terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tera` parser with every area's sub-commands; each sets `args.handler`."""
     parser = argparse.ArgumentParser(
         prog="tera",
         description="Pre-train TERA and evaluate it on SUPERB-style tasks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Imported here so that `tera --help` stays fast and an area's heavy imports load only
-    # when its command runs.
+    # deferred: the areas import torch, which must load while `main` holds the signals
     from tera.commands import add_commands
 
     add_commands(sub)
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `tera` command (`argv`: the arguments, default `sys.argv[1:]`); returns the
+    exit status. What the user can fix is one line on stderr, not a traceback."""
     argv = sys.argv[1:] if argv is None else argv
     # What the messages call the command, until the parser knows it.
     command = f"tera {argv[0]}" if argv and not argv[0].startswith("-") else "tera"
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the file system said no where no check foresaw it
+        # deferred: it imports torch, which must not load before `main` holds the signals
         from tera.runs.files import describe_os_error
 
         where = f"{err.filename}: " if err.filename else ""

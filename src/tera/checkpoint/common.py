@@ -45,7 +45,8 @@ class LoadedCheckpoint:
 
 
 def section(value: Any, path: Path, name: str) -> dict:
-    """A config section as a plain dict ({} when absent)."""
+    """A config section as a plain dict ({} when absent); anything but a mapping raises
+    `UserError` naming the file and the section."""
     value = to_plain(value)
     if value is None:
         return {}
@@ -56,7 +57,8 @@ def section(value: Any, path: Path, name: str) -> dict:
 
 def from_parts(path: Path, fmt: str, model_cfg: dict, task_cfg: dict, state: Any,
                dictionaries: list | None, metadata: dict) -> LoadedCheckpoint:
-    """Build the model of a checkpoint from its config sections and weights."""
+    """Build the model of a checkpoint from its config sections and weights, in eval mode;
+    a config TERA2 cannot build or weights that do not fit raise `UserError` naming `path`."""
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path}: the model weights are not a state dict of tensors")
     if dictionaries is not None and not (

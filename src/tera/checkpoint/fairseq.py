@@ -92,7 +92,7 @@ def dictionary_states(task_state: Any) -> list[dict] | None:
     task_state = to_plain(task_state)
     if not isinstance(task_state, dict):
         return None
-    symbols = task_state.get("dictionaries_symbols")  # plain dicts (ours, older)
+    symbols = task_state.get("dictionaries_symbols")  # symbol lists (tera's own files)
     if isinstance(symbols, list) and all(isinstance(s, list) for s in symbols):
         return [_dictionary_state(s) for s in symbols]
     found = task_state.get("dictionaries")

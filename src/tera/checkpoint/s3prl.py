@@ -23,10 +23,13 @@ from tera.runs.files import save_torch
 
 
 def is_s3prl(raw: dict) -> bool:
+    """Whether an unpickled file has s3prl's converted layout (`model_cfg`, `model_weight`)."""
     return "model_weight" in raw and "model_cfg" in raw
 
 
 def load(path: Path, raw: dict) -> LoadedCheckpoint:
+    """The checkpoint in s3prl's layout `raw` (read from `path`), its `tera_extra` entry
+    laid over the reference fields; a config or weights that do not fit raise `UserError`."""
     extra = raw.get("tera_extra") or {}
     model_cfg = {**section(raw["model_cfg"], path, "model_cfg"), **extra.get("model_cfg", {})}
     task_cfg = {**section(raw.get("task_cfg"), path, "task_cfg"), **extra.get("task_cfg", {})}
@@ -35,6 +38,8 @@ def load(path: Path, raw: dict) -> LoadedCheckpoint:
 
 
 def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
+    """Write `ckpt` to the file `dst` in s3prl's layout (reference fields only, the rest in
+    `tera_extra`), atomically."""
     model_cfg, task_cfg = reference_configs(ckpt)
     state, symbols = labelled_weights(ckpt, weights_for_export(ckpt))
     save_torch({"task_cfg": task_cfg, "model_cfg": model_cfg, "model_weight": state,

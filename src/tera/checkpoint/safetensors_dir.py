@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from tera.checkpoint.card import model_card
 from tera.checkpoint.common import LoadedCheckpoint, from_parts, weights_for_export
@@ -18,8 +19,8 @@ FORMAT_VERSION = 1
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    from safetensors.torch import load_file
-
+    """The checkpoint in the folder `path` (weights on `map_location`); a missing file, an
+    unreadable header or another `format_version` raises `UserError` naming it."""
     weights, config = path / "model.safetensors", path / "config.json"
     if not weights.is_file() or not config.is_file():
         raise UserError(f"{path}: a safetensors checkpoint directory needs model.safetensors "
@@ -38,6 +39,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoi
 
 
 def save(ckpt: LoadedCheckpoint, dst: Path) -> None:
+    """Write `ckpt` into the folder `dst` (created if needed; a file there raises
+    `UserError`), each file atomically."""
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: a safetensors checkpoint is a directory, and this is a file")
     ensure_folder(dst)

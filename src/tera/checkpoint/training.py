@@ -45,15 +45,19 @@ def read_training_checkpoint(path: str | Path, map_location: str | torch.device 
 
 
 def read_training_state(path: str | Path) -> TrainingState:
+    """The training state of a `tera pretrain` checkpoint (errors as
+    `read_training_checkpoint`)."""
     return read_training_checkpoint(path)[1]
 
 
 def is_training_checkpoint(raw: dict) -> bool:
+    """Whether an unpickled fairseq-layout file is ours: `extra_state` holds a "tera" entry."""
     extra_state = to_plain(raw.get("extra_state"))
     return isinstance(extra_state, dict) and "tera" in extra_state
 
 
 def load(path: Path, raw: dict) -> LoadedCheckpoint:
+    """A training checkpoint as a model; its training state becomes the metadata."""
     model_cfg, task_cfg, _ = fairseq_configs(raw, path)
     metadata = dict(to_plain(raw["extra_state"])["tera"])
     dictionaries = dictionary_states(raw.get("task_state"))

@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tera.checkpoint.card import card_facts
 from tera.checkpoint.common import LoadedCheckpoint, from_parts, weights_for_export
 from tera.checkpoint.unpickler import first_line
 from tera.errors import UserError
 from tera.model.config import TeraConfig
+from tera.model.tera import TeraModel
 from tera.runs.files import ensure_folder, save_safetensors, write_json, write_text
 
 EXTRA_FILE = "tera_extra.safetensors"
@@ -136,6 +139,7 @@ def preprocessor_config(cfg: TeraConfig) -> dict[str, Any]:
 
 
 def hubert_name(name: str) -> str:
+    """HubertModel's name for one of our (fairseq) state-dict names (`RENAMES`)."""
     for pattern, replacement in RENAMES:
         name = re.sub(pattern, replacement, name)
     return name
@@ -230,10 +234,9 @@ def model_card(ckpt: LoadedCheckpoint, hubert_parameters: int, folder: str) -> s
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """The checkpoint in a folder written by `save`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """The checkpoint in a folder written by `save` (weights on `map_location`); a
+    HubertModel folder without `tera_extra.safetensors`, an unreadable file or another
+    `format_version` raises `UserError`."""
     weights, extra_file = path / "model.safetensors", path / EXTRA_FILE
     if not extra_file.is_file():
         raise UserError(f"{path}: a HubertModel folder without {EXTRA_FILE}: not a TERA2 "
@@ -265,8 +268,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoi
 
 def _our_names(cfg: TeraConfig, extra: dict) -> list[str]:
     """The state-dict names of the TERA2 model `cfg` describes."""
-    from tera.model.tera import TeraModel
-
     labels = extra.get("label_embs_concat")
     with torch.device("meta"):
         model = TeraModel(cfg, num_label_classes=0 if labels is None else labels.shape[0])

@@ -81,6 +81,7 @@ def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any
 
 
 def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its class name when the message is empty)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -138,6 +139,9 @@ class RestrictedUnpickler(pickle.Unpickler):
     budget: CallBudget | None = None
 
     def find_class(self, module: str, name: str) -> Any:
+        """The class or callable a pickle names: allowed ones (those that allocate wrapped to
+        pay the budget first), a stand-in for the fork's config classes; any other raises
+        `RefusedClass`."""
         module, name = _python3_name(module, name)
         if (module, name) in ALLOWED or (module == "torch" and name.endswith("Storage")):
             found = super().find_class(module, name)
@@ -192,7 +196,7 @@ def _data_of(stand_in: _StandIn) -> Any:
 
 
 class RefusedClass(Exception):
-    pass
+    """A pickle names a class outside the allow-list (the message is its qualified name)."""
 
 
 class Unsafe(Exception):
@@ -206,6 +210,8 @@ class CallBudget:
         self.left = limit
 
     def spend(self, size: int, call: str) -> None:
+        """Pay `size` bytes for `call` (named in the error), or raise `Unsafe` when the
+        budget left is smaller."""
         if size > self.left:
             raise Unsafe(f"refusing to unpickle {call}: an absurd allocation (the calls of "
                          f"a checkpoint may build {CALL_BUDGET >> 20} MiB in all)")

@@ -83,6 +83,8 @@ def random_crop(wave: torch.Tensor, max_samples: int, seed: int) -> torch.Tensor
 
 
 def tera_home() -> Path:
+    """tera-speech's own folder (corpora, feature cache, lengths): `$TERA_SPEECH_HOME`, else
+    `~/.cache/tera-speech`. Not created here."""
     return Path(os.environ.get("TERA_SPEECH_HOME", Path.home() / ".cache" / "tera-speech"))
 
 
@@ -98,7 +100,7 @@ def is_embedded_corpus(root: Path) -> bool:
 
 
 # The embedded corpus generator (`tera.corpora.synthetic`) writes its version to summary.json.
-# 1: one fixed filter per speaker, SID tested on the training sessions (up to commit e33ed24)
+# 1: one fixed filter per speaker, SID tested on the training sessions
 # 2: channels per session, speaker traits per speaker, larger test sets, cross-session tests
 GENERATOR_VERSION = 2
 
@@ -112,7 +114,7 @@ def read_summary(root: str | Path) -> dict:
 
 
 def generator_of(summary: dict) -> int:
-    """The generator version that made a corpus (summaries before versions: 1)."""
+    """The generator version that made a corpus (1 for a summary without one)."""
     return int(summary.get("generator", 1))
 
 

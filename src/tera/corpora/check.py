@@ -14,6 +14,8 @@ from tera.errors import UserError
 
 @dataclass
 class Report:
+    """What `tera corpus check` prints: facts, one line each, and the problems found."""
+
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -32,6 +34,10 @@ def detect_layouts(root: Path) -> dict[str, Path]:
 
 
 def check_corpus(root: str | Path) -> Report:
+    """Every corpus layout found at `root` (or one level inside it): its splits, hours,
+    speakers and sample rates, and every problem (unreadable audio, bad lines, wrong rate or
+    channels, trial speakers trained on), each listed once. Raises `UserError` only when
+    `root` is not a folder."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: not a folder")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from tera.corpora.base import default_corpus_dir
+from tera.corpora.check import check_corpus
+
 
 def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `tera corpus synth` and `tera corpus check` to the sub-command parsers `sub`."""
     corpus = sub.add_parser("corpus", help="generate the embedded corpus or check a corpus")
     actions = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")
     synth = actions.add_parser("synth", help="generate the embedded speech corpus offline")
@@ -22,7 +26,8 @@ def add_corpus_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from tera.corpora.base import default_corpus_dir
+    """Generate the embedded corpus and print its summary; exit status 0."""
+    # deferred: the generator imports scipy.signal, which would slow `tera --help`
     from tera.corpora.synthetic import synthesize
 
     out_dir = args.out_dir or default_corpus_dir(args.preset)
@@ -38,8 +43,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from tera.corpora.check import check_corpus
-
+    """Print what the corpus at `args.root` holds and its problems; exit status 1 when there
+    are any."""
     report = check_corpus(args.root)
     print("\n".join(report.lines))
     if report.problems:

@@ -51,6 +51,8 @@ class G2p(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, word: str) -> list[str]:
+        """The stressed ARPAbet phones of `word` (letters outside a-z read as unknown), at
+        most `MAX_PHONES`, greedily decoded."""
         characters = [GRAPHEMES.index(c) if c in GRAPHEMES[3:] else GRAPHEMES.index("<unk>")
                       for c in word.lower()] + [GRAPHEMES.index("</s>")]
         state = torch.zeros(1, self.encoder.hidden_size)
@@ -91,6 +93,8 @@ def checkpoint_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def model() -> G2p:
+    """g2p_en's model, loaded once per process; `UserError` when g2p_en or its weights are
+    missing."""
     with np.load(checkpoint_path()) as weights:
         return G2p({key: weights[key] for key in weights.files}).eval()
 

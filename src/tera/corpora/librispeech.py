@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tera.corpora.base import Utterance, problem
+from tera.corpora.lexicon import add_lexicon_phones, find_lexicon
 from tera.errors import UserError
 
 AUDIO_EXTENSIONS = (".flac", ".wav")
@@ -54,8 +55,6 @@ def load_split(root: str | Path, split: str, *, with_phones: bool = False,
             if audio.stem not in lines:
                 problem(problems, f"{audio}: no line for {audio.stem} in {trans.name}")
     if with_phones and any(u.phones is None for u in utterances):
-        from tera.corpora.lexicon import add_lexicon_phones, find_lexicon
-
         utterances = add_lexicon_phones(
             utterances, find_lexicon(root) if lexicons is None else lexicons)
     return utterances

@@ -26,6 +26,9 @@ def _utterance(root: Path, rel: str, source: Path) -> Utterance:
 
 
 def load_identification(root: str | Path, split: str) -> list[Utterance]:
+    """The utterances `iden_split.txt` puts in "train", "dev" or "test", labelled with their
+    speaker; an unknown split, a missing list, a malformed line or a listed file that does not
+    exist raises `UserError`."""
     root = Path(root)
     if split not in SPLIT_CODES:
         raise UserError(f"unknown identification split {split!r}; expected train, dev or test")
@@ -70,6 +73,8 @@ def load_trials(root: str | Path, name: str = "veri_test2.txt",
 
 
 def trial_speakers(root: Path, problems: list[str] | None = None) -> set[str]:
+    """The speakers of every trial list present at `root`; `problems`: as for
+    `load_trials`."""
     speakers = set()
     for name in TRIAL_LISTS:
         if (root / name).is_file():
@@ -116,4 +121,5 @@ def make_trials(utterances: list[Utterance], num_trials: int, seed: int = 0
 
 
 def with_effects(utt: Utterance, gain_db: float, trim_silence: bool) -> Utterance:
+    """`utt` with s3prl's sox effects to apply when it is read (a gain, silence removal)."""
     return replace(utt, gain_db=gain_db, trim_silence=trim_silence)

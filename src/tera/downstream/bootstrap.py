@@ -98,11 +98,12 @@ class Items:
 
     @property
     def unit(self) -> str:
-        """What a bootstrap resample draws: utterances, or speakers for the EER."""
+        """What a resample draws: "utterance" (ASR, PR, KS, SID) or "speaker" (ASV)."""
         return UNITS[self.kind]
 
     def keys(self) -> list[tuple]:
-        """The identifying columns of each row (utterance id; enrol and test ids)."""
+        """Each row's identifying values (utterance id; enrolment and test for ASV), in row
+        order."""
         return list(zip(*(self.columns[k].tolist() for k in KEYS[self.kind])))
 
     def value(self) -> float:
@@ -184,7 +185,8 @@ def items_path(folder: str | Path, split: str) -> Path:
 
 
 def write_items(path: Path, items: Items) -> None:
-    """`items` as a tab-separated file with a header (`read_items` reads it back)."""
+    """Write `items` as tab-separated text with a header (floats exactly, as `repr`),
+    atomically; `read_items` reads it back."""
     rows = ["\t".join(COLUMNS[items.kind])]
     values = [items.columns[name].tolist() for name in COLUMNS[items.kind]]
     rows += ["\t".join(_cell(v) for v in row) for row in zip(*values)]
@@ -196,7 +198,8 @@ def _cell(value) -> str:
 
 
 def read_items(path: Path) -> Items:
-    """An items file (`<split>_items.tsv`) back; its kind is told by its header."""
+    """An items file (`<split>_items.tsv`) back; its kind is told by its header. A missing
+    or malformed file raises `UserError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no per-item statistics (a run of an older version? evaluate "

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from tera.downstream import CACHE_BUDGET_GB
+from tera.downstream.features import cache_entries, default_cache_dir, prune
+from tera.errors import UserError
 
 
 def add_cache_commands(sub: argparse._SubParsersAction) -> None:
+    """Add `tera cache ls` and `tera cache prune` to the sub-command parsers `sub`."""
     cache = sub.add_parser("cache", help="list or prune the downstream feature cache")
     actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("ls", help="entries, size and last use per upstream")
@@ -23,17 +27,12 @@ def add_cache_commands(sub: argparse._SubParsersAction) -> None:
     prune.set_defaults(handler=run_prune)
 
 
-def _folder(args: argparse.Namespace):  # noqa: ANN202
-    from pathlib import Path
-
-    from tera.downstream.features import default_cache_dir
-
+def _folder(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from tera.downstream.features import cache_entries
-
+    """Print the cache's entries and size, in all and per upstream; exit status 0."""
     folder = _folder(args)
     entries = cache_entries(folder)
     print(f"feature cache {folder}: {len(entries)} entries, "
@@ -50,9 +49,8 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from tera.downstream.features import prune
-    from tera.errors import UserError
-
+    """Delete least recently used entries down to `--max-gb` (all with `--all`) and print
+    what is left; a negative or infinite `--max-gb` raises `UserError`."""
     if not args.all and not 0 <= args.max_gb < float("inf"):
         raise UserError(f"--max-gb {args.max_gb}: expected a finite number of GB >= 0")
     folder = _folder(args)

@@ -119,7 +119,7 @@ class FeatureCache:
             states = torch.load(path, weights_only=True)
         except OSError:  # never computed, evicted (by this run or another), unreadable
             return None
-        except Exception:  # cut short (an older, non-atomic writer; a disk error): recompute
+        except Exception:  # a torn or corrupt file (a disk error, a copy cut short): recompute
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
             return None
@@ -243,6 +243,8 @@ class Usage:
 
     @property
     def bytes(self) -> int:
+        """The bytes counted, read from `.usage` once (counted from the files when it holds
+        no number)."""
         if self._bytes is None:
             self._bytes = self._read()
             if self._bytes is None:  # a new folder, or a counter cut short
@@ -251,6 +253,7 @@ class Usage:
 
     @bytes.setter
     def bytes(self, value: int) -> None:
+        """Record `value` in `.usage`; the caller holds the lock."""
         self._bytes = value
         # In place and under the lock: no other process reads it half written.
         os.ftruncate(self.fd, 0)

@@ -21,6 +21,7 @@ def interval_checkpoint_name(epoch: int, update: int) -> str:
 
 
 def downstream_states_name(step: int) -> str:
+    """The file name of a downstream run's states at `step`."""
     return f"states-{step}.ckpt"
 
 

@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+from safetensors.torch import save
+
 from tera.errors import UserError
 
 TEMPORARY_SUFFIX = ".tmp"
@@ -175,6 +178,7 @@ class RecordedWrites:
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
+        """The file's `write`, its `OSError` recorded and raised."""
         try:
             return self.file.write(data)
         except OSError as err:
@@ -182,6 +186,7 @@ class RecordedWrites:
             raise
 
     def flush(self) -> None:
+        """The file's `flush`, its `OSError` recorded and raised."""
         try:
             self.file.flush()
         except OSError as err:
@@ -193,6 +198,7 @@ class RecordedWrites:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically; an `OSError` becomes a `UserError` naming it."""
     with atomic_open(path, "w") as f:
         f.write(text)
 
@@ -213,13 +219,13 @@ def read_json(path: str | Path, missing: str = "no such file") -> Any:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON (and a newline) atomically; what JSON cannot hold is written as its
+    `str`."""
     write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
 def save_torch(obj: Any, path: str | Path, pickle_module: Any = None) -> None:
-    """`torch.save(obj, path)`, atomically."""
-    import torch
-
+    """`torch.save(obj, path)`, atomically (with `pickle_module` when given)."""
     with atomic_open(path, "wb") as f:
         if pickle_module is None:
             torch.save(obj, f)
@@ -230,8 +236,6 @@ def save_torch(obj: Any, path: str | Path, pickle_module: Any = None) -> None:
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
     """`safetensors.torch.save_file`, atomically and through this module's writes (so a full
     disk is the same one line as for every other format)."""
-    from safetensors.torch import save
-
     data = save(tensors, metadata=metadata)
     with atomic_open(path, "wb") as f:
         f.write(data)

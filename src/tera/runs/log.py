@@ -24,6 +24,9 @@ from tera.runs.files import describe_os_error
 
 
 class RunLog:
+    """A run's `log.jsonl` and, when asked, its TensorBoard scalars (see the module's
+    docstring)."""
+
     def __init__(self, folder: str | Path, *, tensorboard: str | None, step_key: str,
                  echo_prefix: str = "", enabled: bool = True) -> None:
         """folder: where `log.jsonl` goes; tensorboard: its sub-folder for TensorBoard
@@ -33,11 +36,15 @@ class RunLog:
         self.step_key, self.echo_prefix, self.enabled = step_key, echo_prefix, enabled
         self.writer = None
         if enabled and tensorboard:
+            # deferred: TensorBoard's import is heavy, and only runs that log to it pay it
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(folder) / tensorboard))
 
     def write(self, record: dict, prefix: str = "", echo: bool = True) -> None:
+        """Append `record` to `log.jsonl`, add its numbers to TensorBoard as `prefix + key`
+        (at its step: a record without `step_key` raises `KeyError` then), and echo it when
+        stderr is not a terminal. An unwritable log raises `UserError` naming it."""
         if not self.enabled:
             return
         line = json.dumps(record)
@@ -55,6 +62,7 @@ class RunLog:
             tqdm.write(self.echo_prefix + line, file=sys.stderr)
 
     def close(self) -> None:
+        """Flush and close TensorBoard's writer; `log.jsonl` needs no closing."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -36,12 +36,16 @@ class TrainingState:
     extra: dict = field(default_factory=dict)  # keys written by other versions, kept
 
     def to_dict(self) -> dict:
+        """The state as `extra_state["tera"]` holds it (with the `extra` keys)."""
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                  if f.name != "extra"}
         return {**self.extra, **state}
 
     @classmethod
     def from_dict(cls, state: Any, source: str | Path = "checkpoint") -> TrainingState:
+        """Read `extra_state["tera"]` back: keys it does not name go to `extra`; a state
+        without `update`, `epoch` or `position`, or of the wrong types, raises `UserError`
+        naming `source`."""
         if not isinstance(state, dict):
             raise UserError(f"{source}: extra_state['tera'] should be a mapping, found "
                             f"{type(state).__name__}")
@@ -91,6 +95,7 @@ class DownstreamResult:
     _OPTIONAL = ("dev_eer", "best_test_eer_over_checkpoints")
 
     def to_dict(self) -> dict:
+        """The record as `results.json` holds it: ASV's keys only when set, `extra` merged."""
         result = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -101,6 +106,8 @@ class DownstreamResult:
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path = RESULTS) -> DownstreamResult:
+        """Read `results.json`'s content back: unknown keys go to `extra`; a missing key or
+        a value of the wrong type raises `UserError` naming `source`."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object")
         fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
@@ -141,12 +148,15 @@ def _has_type(value: Any, declared: str) -> bool:
 
 
 def write_result(expdir: str | Path, result: DownstreamResult) -> Path:
+    """Write `results.json` into `expdir` atomically; returns its path."""
     path = Path(expdir) / RESULTS
     write_json(path, result.to_dict())
     return path
 
 
 def read_result(expdir: str | Path) -> DownstreamResult:
+    """The `results.json` of a finished downstream run (`UserError` when absent or
+    malformed)."""
     path = Path(expdir) / RESULTS
     return DownstreamResult.from_dict(read_json(path, "no such file (has the run finished?)"),
                                       path)
