@@ -55,10 +55,11 @@ def same_checkpoint(a: LoadedCheckpoint, b: LoadedCheckpoint) -> None:
     assert a.metadata == b.metadata
 
 
-def best_dev_step(log: Path) -> int:
-    """The step of the best dev checkpoint a downstream run's `log.jsonl` tells of: the first
-    dev record holding the final best value (a later checkpoint replaces it only by beating
-    it)."""
-    dev = [(r["step"], r["best"]) for r in map(json.loads, log.read_text().splitlines())
-           if "best" in r]
-    return min(step for step, best in dev if best == dev[-1][1])
+def best_dev_step(log: Path, metric: str, higher_is_better: bool) -> int:
+    """The step of the best dev checkpoint, from the dev values a downstream run's
+    `log.jsonl` holds (`dev_<metric>`): the first step reaching the best value (a later
+    checkpoint replaces it only by beating it)."""
+    dev = [(r["step"], r[f"dev_{metric}"]) for r in map(json.loads, log.read_text().splitlines())
+           if f"dev_{metric}" in r]
+    best = (max if higher_is_better else min)(value for _, value in dev)
+    return min(step for step, value in dev if value == best)

@@ -154,7 +154,7 @@ def test_resume_continues_at_the_saved_step(small_corpus, tmp_path):
     assert steps == [9, 9]  # the resumed run starts after 6: one train and one dev record
     assert (tmp_path / "states-9.ckpt").is_file()
     # the test number is the best dev checkpoint's, over both runs
-    assert results["step"] == best_dev_step(tmp_path / "log.jsonl")
+    assert results["step"] == best_dev_step(tmp_path / "log.jsonl", "accuracy", True)
 
 
 # SID in batches of 2 utterances, 2 per update: an epoch of several updates, stopped inside

@@ -131,7 +131,7 @@ def test_s3prl_pr_command_with_tera2_local(small_corpus, tmp_path, capsys):
     assert code == 0
     results = json.loads((expdir / "results.json").read_text())
     assert results["task"] == "pr" and results["upstream"] == "tera2"
-    assert results["step"] == best_dev_step(expdir / "log.jsonl")  # the one tested
+    assert results["step"] == best_dev_step(expdir / "log.jsonl", "per", False)  # the one tested
     assert len(results["layer_weights"]) == 4
     assert OmegaConf.load(expdir / "config.yaml").optimizer.lr == 1.0e-3
     capsys.readouterr()
