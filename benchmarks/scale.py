@@ -20,7 +20,7 @@ Stages, each measured in a fresh process (so that its peak memory is its own):
 And, in this process: the cost of a 15.6 s crop from files of 10 s to 20 minutes, read
 by seeking (`tera.audio.load_crop`) and, for contrast, by decoding the whole file.
 
-    python benchmarks/scale.py [--sizes 1000,5000,20000] [--crop-repeats 10]
+    python -m benchmarks.scale [--sizes 1000,5000,20000] [--crop-repeats 10]
 
 Costs are extrapolated from the largest tree, by n^k but never less than in proportion to
 n. The default run takes 5-8 minutes on 2 cores.
@@ -38,31 +38,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tests.trials import trial_list
 
-from tera.downstream.bootstrap import Items
-
-FLAC = Path(__file__).resolve().parents[1] / "tests" / "data" / "librispeech-6313-76958-0021.flac"
+REPO = Path(__file__).resolve().parents[1]
+FLAC = REPO / "tests" / "data" / "librispeech-6313-76958-0021.flac"
 TARGETS = {"LibriSpeech 960": 281_241, "VoxCeleb1": 153_516, "17.6 M files": 17_600_000}
 TRIALS = ((5_000, 40), (37_720, 40), (579_818, 1_251))  # (trials, speakers)
 CROP = 250_000  # samples: the 15.6 s crop of the presets
 FILE_SECONDS = (10, 60, 300, 1200)
-
-
-def trial_list(trials: int, speakers: int, seed: int = 0) -> Items:
-    """A VoxCeleb1-like trial list: half target trials, VoxCeleb-style ids, scores with a
-    per-speaker offset (built with numpy, so that 580k trials take a second)."""
-    rng = np.random.default_rng(seed)
-    enrol = rng.integers(0, speakers, trials)
-    target = rng.random(trials) < 0.5
-    test = np.where(target, enrol, (enrol + rng.integers(1, speakers, trials)) % speakers)
-    offset = rng.normal(0, 1, speakers)
-    score = np.where(target, 1.5 - offset[enrol], (offset[enrol] + offset[test]) / 2)
-    names = np.char.add("id1", np.char.zfill(np.arange(speakers).astype(str), 4))
-    number = np.char.zfill(np.arange(trials).astype(str), 5)
-    return Items("eer", {"enrol": np.char.add(names[enrol], np.char.add("/1zcIwhmdeo4/", number)),
-                         "test": np.char.add(names[test], np.char.add("/7gWzIy6yIIk/", number)),
-                         "label": target.astype(int), "score": score + rng.normal(size=trials),
-                         "enrol_speaker": names[enrol], "test_speaker": names[test]})
 
 
 # --- one stage in a fresh process -------------------------------------------------------------
@@ -146,8 +129,9 @@ def feature_work(stage: str, tree: Path, count: int):
 
 
 def measure(stage: str, tree: Path, size: int) -> dict:
-    child = subprocess.run([sys.executable, __file__, "--stage", stage, "--tree", str(tree),
-                            "--size", str(size)], capture_output=True, text=True, check=False)
+    child = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--stage", stage, "--tree",
+                            str(tree), "--size", str(size)], cwd=REPO, capture_output=True,
+                           text=True, check=False)
     if child.returncode:
         raise SystemExit(f"{stage} at {size}: {child.stderr.strip().splitlines()[-1]}")
     return json.loads(child.stdout)

@@ -26,6 +26,7 @@ from tera.errors import UserError
 from tera.model.tera import TeraModel, build_model
 from tera.presets import load_preset, model_config
 
+from .helpers import same_checkpoint
 from .paths import COMPAT, FLAC
 
 S3PRL = COMPAT / "tera2_s3prl_converted.pt"
@@ -46,18 +47,6 @@ def reference() -> dict:
 def hidden_states(model: TeraModel, wave: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return torch.stack(model.extract_features(wave[None]).hidden_states)
-
-
-def same_checkpoint(a: LoadedCheckpoint, b: LoadedCheckpoint) -> None:
-    """Identical tensors, configs, dictionaries and metadata."""
-    state_a, state_b = a.model.state_dict(), b.model.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for name, tensor in state_a.items():
-        assert torch.equal(state_b[name], tensor), name
-    assert a.model_cfg == b.model_cfg
-    assert a.task_cfg == b.task_cfg
-    assert a.dictionaries_symbols == b.dictionaries_symbols
-    assert a.metadata == b.metadata
 
 
 def pickled_globals(path: Path) -> set[str]:
@@ -345,30 +334,6 @@ def test_unknown_format_is_a_user_error(tmp_path):
 
 
 # --- our own training checkpoints -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """`checkpoint_last.pt` of a one-update `tera pretrain` run (tiny, one layer)."""
-    import soundfile as sf
-
-    from tera.pretrain.config import load_config
-    from tera.pretrain.data import write_manifest
-    from tera.pretrain.trainer import Trainer
-
-    audio = tmp_path_factory.mktemp("audio")
-    samples = load_audio(FLAC).numpy()
-    for i in range(4):
-        sf.write(audio / f"u{i}.wav", samples[i * 16000 : i * 16000 + 20000], 16000)
-    manifest = tmp_path_factory.mktemp("manifest")
-    write_manifest(audio, manifest, valid_percent=0.25, seed=0)
-    save_dir = tmp_path_factory.mktemp("run")
-    overrides = [f"task.data={manifest}", f"checkpoint.save_dir={save_dir}",
-                 "model.encoder_layers=1", "task.max_sample_size=16000",
-                 "task.min_sample_size=4000", "dataset.max_tokens=40000",
-                 "dataset.num_workers=0", "common.amp=fp32", "optimization.max_update=1"]
-    Trainer(load_config("tiny", overrides=overrides)).train()
-    return save_dir / "checkpoint_last.pt"
 
 
 def test_training_checkpoint_loads_and_converts_exactly(tmp_path, trained, wave):

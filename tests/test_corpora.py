@@ -17,6 +17,7 @@ from tera.corpora.lexicon import word_phones
 from tera.corpora.synthetic import synthesize
 from tera.errors import UserError
 
+from .corpus_signal import measure
 from .paths import FLAC
 
 # --- the embedded corpus, read through the real loaders ---------------------------------
@@ -168,8 +169,6 @@ def _digest(path) -> str:
 
 
 def test_corpus_carries_speaker_and_keyword_signal(small_corpus):
-    from benchmarks.corpus_signal import measure
-
     figures = measure(small_corpus)
     assert figures["sid_accuracy"] > 1.5 * figures["sid_chance"]
     assert figures["ks_accuracy"] > 1.5 * figures["ks_chance"]

@@ -29,22 +29,10 @@ from tera.presets.fork_layout import ignored_line
 from tera.pretrain.config import load_config
 from tera.upstream import TeraUpstream
 
+from .helpers import small_config
 from .paths import COMPAT, DATA, FLAC
 
 FORK = DATA / "fork_config" / "pretrain"
-
-SMALL_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
-
-
-def small_config(**overrides) -> TeraConfig:
-    values = dict(
-        encoder_layers=2, encoder_embed_dim=48, encoder_ffn_embed_dim=96,
-        encoder_attention_heads=4, conv_feature_layers=SMALL_CONV, conv_pos=16,
-        conv_pos_groups=4, dropout=0.0, attention_dropout=0.0, encoder_layerdrop=0.0,
-        dropout_input=0.0, mask_prob=0.8,
-    )
-    values.update(overrides)
-    return TeraConfig(**values)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from benchmarks.fork_parity import fairseq_batch_by_size, fairseq_ordered_indices, update_losses
 
 from tera.audio import load_audio
 from tera.cli import main
@@ -20,11 +19,9 @@ from tera.pretrain.data import CroppedAudio, size_ordered, token_batches, write_
 from tera.pretrain.optim import FairseqAdam
 from tera.pretrain.trainer import Trainer
 
-from . import test_pretrain
+from .fork_reference import fairseq_batch_by_size, fairseq_ordered_indices, update_losses
+from .helpers import error_lines, pretrain_args
 from .paths import FLAC
-from .test_pretrain import error_lines, pretrain_args
-
-manifest = test_pretrain.manifest  # the tiny manifest fixture, shared
 
 # --- guards: a NaN in a batch, after the audio checks passed --------------------------------
 
@@ -168,8 +165,9 @@ def test_a_layer_skipped_by_layerdrop_still_moves():
 
 
 def test_updates_match_a_port_of_fairseqs_recipe():
-    """benchmarks/fork_parity.py's comparison, small: tiny with LayerDrop on (so skipped
-    layers' zero-filled steps count), past the warm-up so the schedule's numbering shows."""
+    """The comparison benchmarks/fork_parity.py prints (tests/fork_reference.py), small: tiny
+    with LayerDrop on (so skipped layers' zero-filled steps count), past the warm-up so the
+    schedule's numbering shows."""
     result = update_losses(4, 48000, preset="tiny", overrides=(
         "model.encoder_layerdrop=0.3", "criterion.target_norm=none", "task.max_sample_size=16000",
         "lr_scheduler.warmup_updates=2", "optimization.lr=0.01"))

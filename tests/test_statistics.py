@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pytest
-from benchmarks.bootstrap_coverage import speaker_trials, trial_interval
 
 from tera.downstream.bootstrap import (
     Items,
@@ -18,6 +17,8 @@ from tera.downstream.bootstrap import (
 )
 from tera.downstream.metrics import equal_error_rate, error_rate, rank_trials, token_errors
 from tera.errors import UserError
+
+from .trials import speaker_trials, trial_interval
 
 
 def eer(labels, scores, weights=None) -> float:
@@ -227,7 +228,7 @@ def test_a_voxceleb1_h_sized_interval_fits_in_bounded_memory():
 
     script = """
 import resource
-from benchmarks.scale import trial_list
+from tests.trials import trial_list
 status = open("/proc/self/status").read()
 before = int(status.split("VmSize:")[1].split()[0]) * 1024
 limit = before + 2 * 2**30 // 10

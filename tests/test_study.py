@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 
 from tera.cli import main
@@ -67,11 +68,18 @@ def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
     families = {t["family"] for t in tests}
     assert families == {"pre-trained vs random TERA", "TERA vs FBANK", "neighbouring sizes"}
     assert len(tests) == (2 + 2 + 1) * 5
+    metrics = {u["name"]: u["metrics"] for u in report["upstreams"]}
     for test in tests:
         assert math.isfinite(test["low"]) and math.isfinite(test["high"])
         assert test["low"] <= test["difference"] <= test["high"], test
         assert test["significant"] == (test["low"] > 0 or test["high"] < 0)
-        assert test["better"] in (test["a"], test["b"], None)
+        # a - b of the two metrics; the better one scores higher on an accuracy, lower on
+        # an error rate
+        a, b = metrics[test["a"]][test["task"]], metrics[test["b"]][test["task"]]
+        assert test["difference"] == pytest.approx(a - b, rel=1e-9, abs=1e-12), test
+        gain = test["difference"] if test["task"] in ("ks", "sid") else -test["difference"]
+        expected = None if gain == 0 else test["a"] if gain > 0 else test["b"]
+        assert test["better"] == expected, test
     markdown = (out / "report.md").read_text()
     assert "| upstream | PR PER %" in markdown and "valley_curve.png" in markdown
     assert "## Which differences are significant" in markdown and "### TERA vs FBANK" in markdown
@@ -79,9 +87,23 @@ def test_quick_study_writes_every_artefact(small_corpus, tmp_path, capsys):
     flops = {u["size_percent"]: u["pretrain_flops"] for u in report["upstreams"]
              if u["kind"] == "tera2"}
     assert abs(flops[30.0] / flops[100.0] - 1) < 0.35  # a few updates: coarse rounding
-    # a second run finds everything done and only rewrites the report
+    # a second run finds everything done and only rewrites the report (and its lock, which
+    # names the running process): it starts no job, and writes no other file
+    rewritten = {out / name for name in ("report.md", "report.json", "valley_curve.png",
+                                         "pretrain_loss.png", "layer_weights.png", ".tera.lock")}
+    before = files_written(out, rewritten)
     capsys.readouterr()
     assert main(["study", "--config", str(config), "--out", str(out)]) == 0
+    assert "] 0 jobs to run," in capsys.readouterr().err
+    after = files_written(out, rewritten)
+    assert after == before, sorted(str(path) for path in set(after) ^ set(before)
+                                   | {path for path in after if after[path] != before.get(path)})
+
+
+def files_written(folder, leave_out) -> dict:
+    """Every file under `folder` but those of `leave_out`, with its size and time written."""
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*") if path.is_file() and path not in leave_out}
 
 
 def test_shipped_study_files_build_every_model(tmp_path):
@@ -107,8 +129,6 @@ def test_shipped_study_files_build_every_model(tmp_path):
 
 def test_failed_job_stops_the_study_with_the_end_of_its_log(tmp_path):
     import time
-
-    import pytest
 
     from tera.errors import UserError
     from tera.study import Job, run_jobs
@@ -163,8 +183,6 @@ def test_progress_line_reads_the_last_record_of_a_log(tmp_path):
 def test_seeds_repeat_the_runs_and_the_report_gives_their_spread(small_corpus, tmp_path):
     import copy
 
-    import pytest
-
     from tera.errors import UserError
 
     spec = copy.deepcopy(STUDY)
@@ -185,7 +203,9 @@ def test_seeds_repeat_the_runs_and_the_report_gives_their_spread(small_corpus, t
         values = upstream["seed_values"]["ks"]
         assert len(values) == 2
         assert upstream["metrics"]["ks"] == pytest.approx(sum(values) / 2)
-        assert upstream["seed_std"]["ks"] is not None and upstream["seed_std"]["ks"] >= 0
+        # the sample standard deviation of two values: their distance over sqrt(2)
+        assert upstream["seed_std"]["ks"] == pytest.approx(abs(values[0] - values[1])
+                                                           / math.sqrt(2), abs=1e-12)
         assert upstream["intervals"]["ks"]["low"] <= upstream["metrics"]["ks"] \
             <= upstream["intervals"]["ks"]["high"]
     assert " ± " in (out / "report.md").read_text()
@@ -242,3 +262,12 @@ def test_report_tests_the_pairs_and_marks_what_is_significant(tmp_path):
     assert report["bootstrap"]["units"] == {"ks": "utterance"}
     markdown = (tmp_path / "report.md").read_text()
     assert "### pre-trained vs random TERA" in markdown and f"**A** by {gain:.2f}" in markdown
+
+
+def test_seed_spread_is_the_sample_standard_deviation():
+    from tera.report import UpstreamResult, seed_spread
+
+    result = UpstreamResult("fbank", "fbank", seed_values={"ks": [0.5, 0.7, 0.9], "sid": [0.4]})
+    spread = seed_spread(result)
+    assert spread["ks"] == pytest.approx(0.2, abs=1e-12)  # n - 1 in the denominator
+    assert spread["sid"] is None  # one seed: no spread to report

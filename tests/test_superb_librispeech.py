@@ -16,6 +16,7 @@ from tera.corpora.lexicon import word_phones
 from tera.corpora.phones import PHONEMES
 from tera.downstream.asr import AsrTask
 from tera.downstream.buckets import utterance_batches
+from tera.downstream.metrics import phone_error_rate
 from tera.downstream.pr import PrTask
 from tera.downstream.recipe import load_recipe
 from tera.downstream.runner import run
@@ -273,10 +274,12 @@ def test_pr_run_on_the_real_layout(libri_root, tmp_path):
         "runner.log_step=2"])
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["value"] == results["value"] and written["task"] == "pr"
-    assert written["value"] >= 0
-    hypotheses = [line.split("HYP:")[1].split()
-                  for line in (tmp_path / "test-clean_predictions.txt").read_text().splitlines()]
+    lines = (tmp_path / "test-clean_predictions.txt").read_text().splitlines()
+    references = [line.split("REF:")[1].split("\tHYP:")[0].split() for line in lines]
+    hypotheses = [line.split("HYP:")[1].split() for line in lines]
     assert all(set(h) <= set(PHONEMES) | {"<unk>"} for h in hypotheses)
+    # the number is the phone error rate of the predictions written
+    assert written["value"] == pytest.approx(phone_error_rate(references, hypotheses))
 
 
 # --- batches in utterances ---------------------------------------------------------------------

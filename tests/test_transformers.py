@@ -19,8 +19,8 @@ from tera.model.tera import TeraModel
 from tera.presets import load_preset, model_config
 from tera.upstream import load_upstream
 
+from .helpers import same_checkpoint
 from .paths import COMPAT, FLAC
-from .test_checkpoint import same_checkpoint, trained  # noqa: F401  (the fixture)
 
 S3PRL = COMPAT / "tera2_s3prl_converted.pt"
 FAIRSEQ = COMPAT / "tera2_fairseq.pt"
