@@ -29,7 +29,7 @@ from tera.presets.fork_layout import ignored_line
 from tera.pretrain.config import load_config
 from tera.upstream import TeraUpstream
 
-from .helpers import small_config
+from .helpers import SMALL_CONV, small_config
 from .paths import COMPAT, DATA, FLAC
 
 FORK = DATA / "fork_config" / "pretrain"
