@@ -154,8 +154,9 @@ def update_losses(updates: int, max_tokens: int, preset: str = "slim",
     """The three sides' losses over `updates` updates of `preset` (see the module
     docstring), with `overrides` on top."""
     from tera.pretrain.config import load_config
-    from tera.pretrain.data import SamplerState, write_manifest
+    from tera.pretrain.data import SamplerState
     from tera.pretrain.loss import tera_loss
+    from tera.pretrain.manifest import write_manifest
     from tera.pretrain.optim import polynomial_lr
     from tera.pretrain.trainer import Trainer, _mix
 
@@ -293,7 +294,7 @@ def batching(seed: int = 1337, max_tokens: int = 1400000, cap: int = 250000,
     tokens = np.minimum(sizes, cap)
     fork = fairseq_batch_by_size(fairseq_ordered_indices(sizes, seed), tokens, max_tokens, 8)
     ours = token_batches(size_ordered(sizes, seed), tokens, max_tokens, multiple=8)
-    if [b.tolist() for b in fork] != ours:
+    if [b.tolist() for b in fork] != list(ours):
         raise SystemExit("tera-speech's batches differ from the port of batch_by_size")
     before = length_batches(tokens, max_tokens)
     six = np.full(64, 96000)

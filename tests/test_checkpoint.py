@@ -353,7 +353,7 @@ def trained(tmp_path_factory) -> Path:
     import soundfile as sf
 
     from tera.pretrain.config import load_config
-    from tera.pretrain.data import write_manifest
+    from tera.pretrain.manifest import write_manifest
     from tera.pretrain.trainer import Trainer
 
     audio = tmp_path_factory.mktemp("audio")

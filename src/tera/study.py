@@ -477,7 +477,7 @@ def write_training_manifest(corpus: Path, manifest: Path) -> None:
     """Pre-training audio: the training splits of the three parts only, so that no dev or
     test utterance is seen, even without its label."""
     from tera.corpora import librispeech, speech_commands, voxceleb1
-    from tera.pretrain.data import write_manifest_files
+    from tera.pretrain.manifest import write_manifest_files
 
     utterances = (librispeech.load_split(corpus / "librispeech", "train")
                   + voxceleb1.load_identification(corpus / "voxceleb1", "train")
