@@ -233,6 +233,7 @@ def worker_work(stage: str, manifest: Path):
     return work
 
 
+PARTS = ("pretrain", "lengths", "features", "crop", "bootstrap")
 STAGES = ("manifest", "check-start", "check-resume", "train-start", "train-resume", "loader",
           "workers-arrays", "workers-list", "lengths-first", "lengths-later")
 FEATURE_STAGES = ("features-nocache", "cache-fill", "cache-read")
@@ -286,12 +287,16 @@ def measure(stage: str, tree: Path, size: int) -> dict:
 
 
 def build_tree(folder: Path, size: int) -> Path:
-    """`size` hard links of the test file, 100 to a speaker folder."""
+    """`size` hard links to a copy of the test file (a file takes at most 65,000 links),
+    100 to a speaker folder."""
+    import shutil
+
     tree = folder / f"tree-{size}"
+    source = shutil.copy(FLAC, folder / f"source-{size}.flac")
     for index in range(size):
         speaker = tree / f"{index // 100:05d}"
         speaker.mkdir(parents=True, exist_ok=True)
-        os.link(FLAC, speaker / f"{index:08d}.flac")
+        os.link(source, speaker / f"{index:08d}.flac")
     return tree
 
 
@@ -399,6 +404,8 @@ def main() -> None:
     parser.add_argument("--crop-repeats", type=int, default=30)
     parser.add_argument("--cache-share", type=int, default=50,
                         help="the feature stages take one in this many of a tree's files")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which parts to run (default all: {','.join(PARTS)})")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -409,35 +416,56 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"{os.cpu_count()} cores; trees of {', '.join(f'{n:,}' for n in sizes)} hard links "
           f"to {FLAC.name}; peak memory above what the process held before the stage")
+    parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         trees = [build_tree(folder, n) for n in sizes]
-        results = {stage: [] for stage in STAGES}
-        for tree, n in zip(trees, sizes):
-            for stage in STAGES:
-                results[stage].append(measure(stage, tree, n))
-        for stage in ("manifest", "check-start", "check-resume", "train-start", "train-resume"):
-            print_stage(stage, sizes, results[stage])
-        start, resume = ([r["seconds"] for r in results[stage]]
-                         for stage in ("train-start", "train-resume"))
-        print(f"{'':<16} time to the first update at {sizes[-1]:,} files / at {sizes[0]:,}: "
-              f"{start[-1] / start[0]:.2f}x at the start, {resume[-1] / resume[0]:.2f}x at a "
-              "resume")
-        print(f"{'loader':<16} " + "  ".join(f"{n:>7,}: {r['audio_per_s']:5.0f} audio-s/s"
-                                             for n, r in zip(sizes, results["loader"])))
-        print_workers(sizes, results)
-        for stage in ("lengths-first", "lengths-later"):
-            print_stage(stage, sizes, results[stage])
-        feature_sizes = [n // args.cache_share for n in sizes]
-        features = {stage: [measure(stage, tree, n) for tree, n in zip(trees, feature_sizes)]
-                    for stage in FEATURE_STAGES}
-        for stage in FEATURE_STAGES:
-            print_stage(stage, feature_sizes, features[stage])
-        fill, read, plain = (sum(r["seconds"] for r in features[stage]) for stage in
-                             ("cache-fill", "cache-read", "features-nocache"))
-        print(f"{'':<16} filling the cache costs {fill / plain:.2f}x computing without it; "
-              f"reading back {plain / read:.1f}x faster than computing")
-        crop_costs(folder, args.crop_repeats)
+        if "pretrain" in parts:
+            pretraining(trees, sizes)
+        if "lengths" in parts:
+            results = [[measure(stage, tree, n) for tree, n in zip(trees, sizes)]
+                       for stage in ("lengths-first", "lengths-later")]
+            for stage, found in zip(("lengths-first", "lengths-later"), results):
+                print_stage(stage, sizes, found)
+        if "features" in parts:
+            feature_stages(trees, [n // args.cache_share for n in sizes])
+        if "crop" in parts:
+            crop_costs(folder, args.crop_repeats)
+    if "bootstrap" in parts:
+        bootstrap_stage()
+
+
+def pretraining(trees: list[Path], sizes: list[int]) -> None:
+    """The pre-training stages, tree by tree (each needs the manifest of its tree)."""
+    stages = [stage for stage in STAGES if not stage.startswith("lengths")]
+    results = {stage: [] for stage in stages}
+    for tree, n in zip(trees, sizes):
+        for stage in stages:
+            results[stage].append(measure(stage, tree, n))
+    for stage in ("manifest", "check-start", "check-resume", "train-start", "train-resume"):
+        print_stage(stage, sizes, results[stage])
+    start, resume = ([r["seconds"] for r in results[stage]]
+                     for stage in ("train-start", "train-resume"))
+    print(f"{'':<16} time to the first update at {sizes[-1]:,} files / at {sizes[0]:,}: "
+          f"{start[-1] / start[0]:.2f}x at the start, {resume[-1] / resume[0]:.2f}x at a "
+          "resume")
+    print(f"{'loader':<16} " + "  ".join(f"{n:>7,}: {r['audio_per_s']:5.0f} audio-s/s"
+                                         for n, r in zip(sizes, results["loader"])))
+    print_workers(sizes, results)
+
+
+def feature_stages(trees: list[Path], feature_sizes: list[int]) -> None:
+    features = {stage: [measure(stage, tree, n) for tree, n in zip(trees, feature_sizes)]
+                for stage in FEATURE_STAGES}
+    for stage in FEATURE_STAGES:
+        print_stage(stage, feature_sizes, features[stage])
+    fill, read, plain = (sum(r["seconds"] for r in features[stage]) for stage in
+                         ("cache-fill", "cache-read", "features-nocache"))
+    print(f"{'':<16} filling the cache costs {fill / plain:.2f}x computing without it; "
+          f"reading back {plain / read:.1f}x faster than computing")
+
+
+def bootstrap_stage() -> None:
     trials = [n for n, _ in TRIALS]
     runs = [measure("bootstrap", Path("."), n) for n in trials]
     print(f"{'bootstrap':<16} " + "  ".join(

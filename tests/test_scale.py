@@ -16,8 +16,14 @@ import soundfile as sf
 from tera.audio import audio_info, load_audio
 from tera.errors import UserError
 from tera.pretrain import manifest as manifest_module
-from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, size_ordered, \
-    token_batches
+from tera.pretrain.data import (
+    CroppedAudio,
+    LengthBatchSampler,
+    SamplerState,
+    size_ordered,
+    token_batches,
+)
+from tera.pretrain.file_check import listing_key
 from tera.pretrain.manifest import PathList, audio_files, read_manifest, write_manifest
 from tests.paths import FLAC
 
@@ -221,5 +227,9 @@ def test_a_path_list_is_a_sequence_of_strings():
     paths = PathList.from_strings(names)
     assert list(paths) == names and paths[-1] == names[-1] and paths[1:3] == names[1:3]
     assert list(paths.select(np.array([True, False, True, True]))) == [names[0], *names[2:]]
-    with pytest.raises(IndexError):
-        paths[4]
+    assert paths[-4] == names[0] and paths[::2] == names[::2] and paths[3:1] == []
+    for outside in (4, -5):
+        with pytest.raises(IndexError):
+            paths[outside]
+    # the check's record is keyed by the listing: the same key as from a list of strings
+    assert listing_key(Path("/data"), paths) == listing_key(Path("/data"), names)

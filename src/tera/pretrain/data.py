@@ -38,7 +38,8 @@ class CroppedAudio(Dataset):
                  random_crop: bool = True, seed: int = 0, pad_audio: bool = False) -> None:
         self.manifest = Path(manifest)
         listed = read_manifest(manifest)
-        kept = listed.select(listed.sizes >= min_sample_size)
+        long_enough = listed.sizes >= min_sample_size
+        kept = listed if long_enough.all() else listed.select(long_enough)
         if not len(kept):
             raise UserError(f"{manifest}: no utterance is at least {min_sample_size} samples "
                             f"long ({len(listed)} listed)")

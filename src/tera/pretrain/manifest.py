@@ -53,10 +53,19 @@ class PathList(Sequence[str]):
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = range(len(self))[index]  # negative indices, and IndexError past the end
-        start, end = self.offsets[index], self.offsets[index + 1]
-        return self.blob[start:end].tobytes().decode()
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            if stop <= start:
+                return []
+            cuts = self.offsets[start : stop + 1].tolist()  # one decode step per path
+            text = self.blob[cuts[0] : cuts[-1]].tobytes()
+            return [text[a - cuts[0] : b - cuts[0]].decode() for a, b in zip(cuts, cuts[1:])]
+        count = len(self.offsets) - 1
+        if not -count <= index < count:
+            raise IndexError(f"path {index} of {count}")
+        index %= count
+        return self.blob[self.offsets[index] : self.offsets[index + 1]].tobytes().decode()
 
     def select(self, keep: np.ndarray) -> PathList:
         """The paths where the boolean array `keep` is true."""
