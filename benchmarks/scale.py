@@ -8,6 +8,9 @@ Stages, each measured in a fresh process (so that its peak memory is its own):
 - check, start / resume: the pre-training check of every listed file, with no record of an
   earlier check, then again with it (a resume, another run on the same manifest); the
   dataset is made before the measure;
+- train, start / resume: `tera pretrain` to its first update, from the command's launch;
+- loader: the presets' DataLoader, audio seconds per second;
+- workers: DataLoader workers' USS over three epochs, paths as arrays and as a list;
 - lengths, first / later: the downstream utterance lengths, in a first process, then in a
   later one (a resume, an evaluation, the next seed; the utterances are listed first);
 - features: FBANK features of one in `--cache-share` (50) of the tree's files (the
@@ -20,10 +23,12 @@ Stages, each measured in a fresh process (so that its peak memory is its own):
 And, in this process: the cost of a 15.6 s crop from files of 10 s to 20 minutes, read
 by seeking (`tera.audio.load_crop`) and, for contrast, by decoding the whole file.
 
-    python benchmarks/scale.py [--sizes 1000,5000,20000] [--crop-repeats 10]
+    python benchmarks/scale.py [--sizes 1000,5000,20000,50000] [--crop-repeats 10]
+        [--parts pretrain,lengths,features,crop,bootstrap]
 
 Costs are extrapolated from the largest tree, by n^k but never less than in proportion to
-n. The default run takes 5-8 minutes on 2 cores.
+n. The default run took 29 minutes on 2 cores shared with other work (load average 11-14);
+`--sizes 1000,5000,20000` or fewer `--parts` make it shorter.
 """
 
 from __future__ import annotations
