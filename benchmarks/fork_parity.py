@@ -73,7 +73,7 @@ def batching(seed: int = 1337, max_tokens: int = 1400000, cap: int = 250000,
     tokens = np.minimum(sizes, cap)
     fork = fairseq_batch_by_size(fairseq_ordered_indices(sizes, seed), tokens, max_tokens, 8)
     ours = token_batches(size_ordered(sizes, seed), tokens, max_tokens, multiple=8)
-    if [b.tolist() for b in fork] != ours:
+    if [b.tolist() for b in fork] != list(ours):
         raise SystemExit("tera-speech's batches differ from the port of batch_by_size")
     before = length_batches(tokens, max_tokens)
     six = np.full(64, 96000)

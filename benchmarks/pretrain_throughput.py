@@ -21,7 +21,7 @@ import torch
 
 from tera.corpora import default_corpus_dir
 from tera.pretrain.config import load_config
-from tera.pretrain.data import write_manifest
+from tera.pretrain.manifest import write_manifest
 from tera.pretrain.trainer import Trainer
 from tera.runtime import prepare_process
 

@@ -13,7 +13,7 @@ import soundfile as sf
 from tera.audio import load_audio
 from tera.corpora.synthetic import synthesize
 from tera.pretrain.config import load_config
-from tera.pretrain.data import write_manifest
+from tera.pretrain.manifest import write_manifest
 from tera.pretrain.trainer import Trainer
 
 from .paths import FLAC

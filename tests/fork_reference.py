@@ -35,8 +35,9 @@ import torch
 
 from tera.audio import load_audio
 from tera.pretrain.config import load_config
-from tera.pretrain.data import SamplerState, write_manifest
+from tera.pretrain.data import SamplerState
 from tera.pretrain.loss import tera_loss
+from tera.pretrain.manifest import write_manifest
 from tera.pretrain.optim import polynomial_lr
 from tera.pretrain.trainer import Trainer, _mix
 from tera.runtime import prepare_process

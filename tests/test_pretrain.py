@@ -22,7 +22,8 @@ from tera.errors import UserError
 from tera.model.tera import TeraModel
 from tera.presets import model_config
 from tera.pretrain.config import load_config
-from tera.pretrain.data import LengthBatchSampler, read_manifest, write_manifest
+from tera.pretrain.data import LengthBatchSampler
+from tera.pretrain.manifest import read_manifest, write_manifest
 from tera.pretrain.planner import plan_presets
 from tera.pretrain.trainer import Trainer, polynomial_lr
 
@@ -36,10 +37,11 @@ def run_config(manifest: str, save_dir, *extra: str):
 
 
 def test_manifest_lists_header_lengths(manifest):
-    root, train = read_manifest(f"{manifest}/train.tsv")
-    _, valid = read_manifest(f"{manifest}/valid.tsv")
-    entries = dict(train + valid)
-    assert len(entries) == 11 and valid
+    train = read_manifest(f"{manifest}/train.tsv")
+    valid = read_manifest(f"{manifest}/valid.tsv")
+    root = train.root
+    entries = dict([*train.items(), *valid.items()])
+    assert len(entries) == 11 and len(valid)
     assert entries["u3.wav"] == 12000 + 2500 * 3
     assert entries["narrow.wav"] == 24000  # 12000 samples at 8 kHz, counted at 16 kHz
     assert (root / "u0.wav").is_file()
@@ -416,7 +418,7 @@ def test_ctrl_c_during_start_up_is_one_line(manifest, tmp_path):
 
 
 def test_values_out_of_range_are_refused(manifest, tmp_path, capsys):
-    audio = str(read_manifest(f"{manifest}/train.tsv")[0])
+    audio = str(read_manifest(f"{manifest}/train.tsv").root)
     assert main(["manifest", audio, "-o", str(tmp_path / "m"), "--valid-percent", "50"]) == 2
     assert "--valid-percent 50 is out of range" in capsys.readouterr().err
     assert main(["plan", "--config-name", "tiny", "--fraction", "-1"]) == 2

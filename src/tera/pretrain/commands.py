@@ -37,7 +37,7 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
-    from tera.pretrain.data import write_manifest
+    from tera.pretrain.manifest import write_manifest
 
     counts = write_manifest(args.root, args.output, args.valid_percent,
                             tuple(e.strip() for e in args.ext.split(",") if e.strip()), args.seed)

@@ -1,5 +1,5 @@
-"""Pre-training data: fairseq manifests, random crops, and batches bounded by `max_tokens`,
-cut and ordered as the fairseq fork cuts and orders them.
+"""Pre-training data: random crops of a manifest's utterances, and batches bounded by
+`max_tokens`, cut and ordered as the fairseq fork cuts and orders them.
 
 Everything random here is a pure function of (seed, epoch, index), so a resumed run sees
 exactly the batches and crops it would have seen, whatever the number of workers.
@@ -7,8 +7,7 @@ exactly the batches and crops it would have seen, whatever the number of workers
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,75 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tera.audio import audio_info, load_audio, load_crop
+from tera.audio import load_audio, load_crop
 from tera.errors import UserError
 from tera.pretrain.file_check import check_audio_files
-from tera.runs.files import ensure_folder, write_text
-
-# --- manifests -------------------------------------------------------------------------------
-
-
-def write_manifest(root: str | Path, out_dir: str | Path, valid_percent: float = 0.01,
-                   extensions: tuple[str, ...] = ("flac", "wav"), seed: int = 42
-                   ) -> dict[str, int]:
-    """Write `train.tsv` / `valid.tsv` for every audio file under `root`."""
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise UserError(f"{root}: not a folder")
-    files = sorted(p for ext in extensions for p in root.rglob(f"*.{ext.lstrip('.')}"))
-    if not files:
-        raise UserError(f"{root}: no audio files with extension {', '.join(extensions)}")
-    return write_manifest_files(root, files, out_dir, valid_percent, seed)
-
-
-def write_manifest_files(root: Path, files: list[Path], out_dir: str | Path,
-                         valid_percent: float = 0.01, seed: int = 42) -> dict[str, int]:
-    """Write `train.tsv` / `valid.tsv` listing `files` (under `root`), a random
-    `valid_percent` of them for validation.
-
-    Lengths come from the file headers (no decoding). Files that are not 16 kHz are listed
-    with their length at 16 kHz (they are resampled when read). Returns counts per split.
-    """
-    if not 0 < valid_percent < 1:
-        raise UserError(f"--valid-percent {valid_percent:g} is out of range: it is the share of "
-                        "files for validation, between 0 and 1 (e.g. 0.01 for 1 %)")
-    root = Path(root).resolve()
-    entries = []
-    for path in files:
-        frames, rate, _ = audio_info(path)
-        entries.append((Path(path).resolve().relative_to(root).as_posix(), frames * 16000 // rate))
-    rng = random.Random(seed)
-    valid = {i for i in range(len(entries)) if rng.random() < valid_percent}
-    out_dir = ensure_folder(out_dir)
-    for name, keep in (("train", lambda i: i not in valid), ("valid", lambda i: i in valid)):
-        lines = [str(root)] + [f"{rel}\t{n}" for i, (rel, n) in enumerate(entries) if keep(i)]
-        write_text(out_dir / f"{name}.tsv", "\n".join(lines) + "\n")
-    return {"train": len(entries) - len(valid), "valid": len(valid)}
-
-
-def read_manifest(path: str | Path) -> tuple[Path, list[tuple[str, int]]]:
-    """(root, [(relative path, num_samples)]) from a fairseq `.tsv`, with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found (make one with `tera manifest ROOT -o DIR`)")
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a manifest: binary data, not the text `tera manifest` "
-                        "writes") from None
-    if not lines or not lines[0].strip():
-        raise UserError(f"{path}: empty manifest: the first line must be the audio root folder")
-    entries = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2 or not parts[1].strip().isdigit():
-            raise UserError(f"{path}:{number}: expected 'relative/path<TAB>num_samples', "
-                            f"got {line!r}")
-        entries.append((parts[0], int(parts[1])))
-    return Path(lines[0].strip()), entries
-
+from tera.pretrain.manifest import read_manifest
 
 # --- dataset -----------------------------------------------------------------------------
 
@@ -103,14 +37,15 @@ class CroppedAudio(Dataset):
     def __init__(self, manifest: str | Path, max_sample_size: int, min_sample_size: int,
                  random_crop: bool = True, seed: int = 0, pad_audio: bool = False) -> None:
         self.manifest = Path(manifest)
-        self.root, entries = read_manifest(manifest)
-        kept = [(rel, n) for rel, n in entries if n >= min_sample_size]
-        if not kept:
+        listed = read_manifest(manifest)
+        long_enough = listed.sizes >= min_sample_size
+        kept = listed if long_enough.all() else listed.select(long_enough)
+        if not len(kept):
             raise UserError(f"{manifest}: no utterance is at least {min_sample_size} samples "
-                            f"long ({len(entries)} listed)")
-        self.files = [rel for rel, _ in kept]
-        self.sizes = np.array([n for _, n in kept])
-        self.dropped = len(entries) - len(kept)
+                            f"long ({len(listed)} listed)")
+        # numpy arrays, no object per file: forked DataLoader workers share their pages
+        self.root, self.files, self.sizes = kept.root, kept.files, kept.sizes
+        self.dropped = len(listed) - len(kept)
         self.max_sample_size, self.random_crop, self.seed = max_sample_size, random_crop, seed
         self.pad_audio = pad_audio
         self.epoch = 0
@@ -223,31 +158,66 @@ def size_ordered(sizes: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort([tie_break, sizes])[::-1]
 
 
+class Batches(Sequence[list[int]]):
+    """Batches of utterance indices as two arrays, whatever their number: the indices back
+    to back and where each batch starts (`bounds`, one more than the batches);
+    `batches[i]` is a list of ints."""
+
+    def __init__(self, indices: np.ndarray, bounds: np.ndarray) -> None:
+        self.indices, self.bounds = indices, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, number):
+        if isinstance(number, slice):
+            return [self[i] for i in range(*number.indices(len(self)))]
+        number = range(len(self))[number]
+        return self.indices[self.bounds[number] : self.bounds[number + 1]].tolist()
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+
 def token_batches(order: np.ndarray, num_tokens: np.ndarray, max_tokens: int,
-                  multiple: int = 1) -> list[list[int]]:
+                  multiple: int = 1) -> Batches:
     """Cut `order` (longest first) into consecutive batches as fairseq's `batch_by_size`
     does: a batch takes as many utterances as keep (count x its longest) within `max_tokens`,
     rounded down to a multiple of `multiple` once it holds that many; the last batch is
-    dropped when its size is not a multiple of `multiple`."""
-    if len(num_tokens) and num_tokens.max() > max_tokens:
-        raise UserError(f"an utterance of {int(num_tokens.max())} samples exceeds "
+    dropped when its size is not a multiple of `multiple`.
+
+    Longest first, a batch's longest is its first, so its size follows from where it
+    starts; batches that start on equal lengths are equal, and are cut together (a step per
+    distinct length, not per utterance)."""
+    tokens = num_tokens[order]
+    if len(tokens) and tokens.max() > max_tokens:
+        raise UserError(f"an utterance of {int(tokens.max())} samples exceeds "
                         f"dataset.max_tokens = {max_tokens}; raise max_tokens, or lower "
                         "task.max_sample_size with task.pad_audio false")
-    batches, start = [], 0
-    while start < len(order):
-        end, longest = start, 0
-        while end < len(order) and (end - start + 1) * max(longest, num_tokens[order[end]]) \
-                <= max_tokens:
-            longest = max(longest, int(num_tokens[order[end]]))
-            end += 1
-        count = end - start
-        if count >= multiple:
-            count -= count % multiple
-        batches.append([int(i) for i in order[start : start + count]])
-        start += count
-    if multiple > 1 and batches and len(batches[-1]) % multiple:
-        batches.pop()
-    return batches
+    if (tokens[1:] > tokens[:-1]).any():
+        raise ValueError("token_batches: `order` must list the utterances longest first")
+    count = len(tokens)
+    run_ends = np.append(np.flatnonzero(tokens[1:] != tokens[:-1]) + 1, count)
+    starts, start = [], 0
+    while start < count:
+        longest = int(tokens[start])
+        fit = max_tokens // longest if longest else count
+        size = _rounded(min(fit, count - start), multiple)
+        repeat = 1
+        if fit <= count - start:  # every batch starting on this length up to count - fit
+            run_end = int(run_ends[np.searchsorted(run_ends, start, side="right")])
+            repeat = (min(run_end - 1, count - fit) - start) // size + 1
+        starts.append(start + size * np.arange(repeat))
+        start += size * repeat
+    bounds = np.append(np.concatenate(starts), count) if starts else np.zeros(1, np.int64)
+    if multiple > 1 and len(bounds) > 1 and (bounds[-1] - bounds[-2]) % multiple:
+        bounds = bounds[:-1]
+    return Batches(np.asarray(order[: bounds[-1]], dtype=np.int64), bounds.astype(np.int64))
+
+
+def _rounded(size: int, multiple: int) -> int:
+    """`size` rounded down to a multiple of `multiple` once it holds that many."""
+    return size - size % multiple if size >= multiple else size
 
 
 @dataclass
@@ -264,7 +234,8 @@ class LengthBatchSampler(Sampler[list[int]]):
     (both `CroppedAudio`'s). The epoch order is drawn as fairseq draws it (numpy's legacy
     generator seeded with seed + epoch, epochs counted from 1). Every rank gets the same
     number of batches per epoch (the tail that does not divide by the world size is
-    dropped), so data-parallel steps stay in lockstep.
+    dropped), so data-parallel steps stay in lockstep. Batches and orders are numpy arrays;
+    a batch becomes a list only when it is handed out.
     """
 
     def __init__(self, sizes: np.ndarray, num_tokens: np.ndarray, max_tokens: int, seed: int,
@@ -280,16 +251,18 @@ class LengthBatchSampler(Sampler[list[int]]):
             raise UserError(f"only {len(self.batches)} batches for {world_size} processes: "
                             f"the data set is too small for this many workers{dropped}")
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        order = list(range(len(self.batches)))
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The numbers of this rank's batches in `epoch` (0-based), in the order it reads
+        them."""
+        order = np.arange(len(self.batches))
         if self.shuffle:
             np.random.RandomState(self.seed + epoch + 1).shuffle(order)
         per_rank = len(order) // self.world_size
-        mine = order[self.rank :: self.world_size][:per_rank]
-        return [self.batches[i] for i in mine]
+        return order[self.rank :: self.world_size][:per_rank]
 
     def __len__(self) -> int:
         return len(self.batches) // self.world_size
 
     def __iter__(self):
-        yield from self.epoch_batches(self.state.epoch)[self.state.position :]
+        for number in self.epoch_order(self.state.epoch)[self.state.position :]:
+            yield self.batches[int(number)]

@@ -54,9 +54,10 @@ def check_audio_files(manifest: str | Path, root: Path, files: Sequence[str],
     changed = np.arange(len(files)) if known is None else \
         np.flatnonzero((stats != known).any(axis=1) | (known[:, 0] == NOT_PASSED))
     failed = _check_headers(root, files, changed, threads)
-    passed = stats.copy()
+    passed = stats  # the record: what passed, as it was when it passed
     passed[[index for index, _ in failed], 0] = NOT_PASSED
-    _write_record(record_path(manifest), key, passed)
+    if known is None or len(changed):  # a resume with nothing new writes nothing
+        _write_record(record_path(manifest), key, passed)
     if failed:
         shown = "; ".join(problem for _, problem in failed[:3])
         more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""

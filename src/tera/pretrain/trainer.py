@@ -24,26 +24,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tera.checkpoint.card import ARCHITECTURE_FIELDS
-from tera.checkpoint.common import checked_weights
-from tera.checkpoint.training import read_training_checkpoint, training_checkpoint
 from tera.errors import UserError
 from tera.model.tera import TeraModel
 from tera.presets import model_config, training_flops
-from tera.pretrain.config import to_plain
 from tera.pretrain.data import CroppedAudio, LengthBatchSampler, SamplerState, unwrap_worker_error
 from tera.pretrain.devices import distributed_env, start_process_group, training_device
 from tera.pretrain.loss import LossOutput, TargetStats, target_statistics, tera_loss
 from tera.pretrain.optim import build_optimizer, polynomial_lr
-from tera.runs.checkpoints import interval_checkpoint_name, interval_checkpoints, keep_newest
+from tera.pretrain.precision import choose_precision
+from tera.pretrain.progress import LN2, Window
+from tera.pretrain.saving import BEST, LAST, Checkpoints
 from tera.runs.files import ensure_folder, save_torch, write_text
 from tera.runs.lock import folder_lock
 from tera.runs.log import RunLog
-from tera.runs.records import TrainingState
-
-LAST = "checkpoint_last.pt"
-BEST = "checkpoint_best.pt"
-LN2 = math.log(2)  # fairseq logs losses in base 2: loss / ln 2
 
 
 class NonFiniteUpdate(UserError):
@@ -51,25 +44,7 @@ class NonFiniteUpdate(UserError):
     the last checkpoint are as the last good update left them)."""
 
 
-def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a loss scaler is needed).
-
-    auto: bf16 on CPU (bf16 matmuls run ~5x as fast as fp32 on AVX512-BF16 or AMX; measured
-    2.6x-3.5x per training step, see benchmarks/pretrain_step.py) and on CUDA GPUs that
-    support it, else fp16 with a loss scaler.
-    """
-    if amp == "fp32":
-        return None, False
-    if amp == "fp16":  # fp16's narrow range needs loss scaling on any device
-        return torch.float16, True
-    if amp == "bf16":
-        return torch.bfloat16, False
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16, True
-    return torch.bfloat16, False
-
-
-class Trainer:
+class Trainer(Checkpoints):
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         placement = distributed_env()  # checked before any model or data
@@ -166,7 +141,7 @@ class Trainer:
         # log_interval instead.
         bar = tqdm(total=max_update, initial=self.update, desc="pretrain", unit="upd",
                    disable=not (self.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        window = _Window()
+        window = Window()
         self.model.train()
 
         while self.update < max_update and not self.stop_requested:
@@ -192,7 +167,7 @@ class Trainer:
                 bar.update(1)
                 if self.update % cfg.common.log_interval == 0 or self.update == max_update:
                     self._log_train(window, bar)
-                    window = _Window()
+                    window = Window()
                 if self._due(cfg.dataset.validate_interval_updates) or self.update == max_update:
                     self.validate()
                 if self._due(cfg.checkpoint.save_interval_updates) and self.update < max_update:
@@ -316,8 +291,8 @@ class Trainer:
     def _batch_files(self, batches: int) -> str:
         """The first files of the last `batches` batches this rank read, for messages."""
         state = self.sampler.state
-        epoch = self.sampler.epoch_batches(state.epoch)
-        indices = [i for batch in epoch[state.position - batches : state.position] for i in batch]
+        numbers = self.sampler.epoch_order(state.epoch)[state.position - batches : state.position]
+        indices = [i for number in numbers for i in self.sampler.batches[int(number)]]
         names = [self.train_set.files[i] for i in indices[:3]]
         more = f" and {len(indices) - 3} more" if len(indices) > 3 else ""
         return f"epoch {state.epoch + 1}, files {', '.join(names)}{more}"
@@ -361,7 +336,7 @@ class Trainer:
 
     # --- logging ----------------------------------------------------------------------------
 
-    def _log_train(self, window: _Window, bar: tqdm) -> None:
+    def _log_train(self, window: Window, bar: tqdm) -> None:
         if not self.is_main or not window.count:
             return
         record = window.summary(self.update)
@@ -372,74 +347,6 @@ class Trainer:
 
     def _due(self, interval: int) -> bool:
         return interval > 0 and self.update % interval == 0
-
-    # --- checkpoints ----------------------------------------------------------------------
-
-    def _checkpoint(self) -> dict:
-        cfg = to_plain(self.cfg)
-        cfg["model"] = self.model_cfg.to_dict()
-        state = TrainingState(
-            update=self.update, epoch=self.sampler.state.epoch,
-            position=self.sampler.state.position, best_valid_loss=self.best_valid,
-            wall_time_s=self.wall_time, audio_seconds=self.audio_seconds,
-            train_flops=self.train_flops, world_size=self.world_size,
-            preset=self.cfg.common.preset, scaler=self.scaler.state_dict(),
-            target_stats=None if self.target_stats is None else self.target_stats.to_dict())
-        return training_checkpoint(cfg, self.model.state_dict(), self.optimizer.state_dict(),
-                                   state)
-
-    def save(self, interval: bool) -> None:
-        if not self.is_main:
-            return
-        checkpoint = self._checkpoint()
-        save_torch(checkpoint, self.save_dir / LAST)
-        self.saved_update = self.update
-        if interval:
-            name = interval_checkpoint_name(self.sampler.state.epoch + 1, self.update)
-            save_torch(checkpoint, self.save_dir / name)
-            keep_newest(interval_checkpoints(self.save_dir),
-                        int(self.cfg.checkpoint.keep_interval_updates))
-
-    def resume(self) -> None:
-        """Continue from `checkpoint_last.pt` if the save dir has one, after checking that it
-        is whole, was written by as many processes, and holds the same architecture."""
-        path = self.save_dir / LAST
-        if not path.exists():
-            return
-        try:
-            raw, state = read_training_checkpoint(path, self.device)
-        except UserError as err:
-            intervals = interval_checkpoints(self.save_dir)
-            hint = (f"; the newest interval checkpoint is {intervals[-1].name}: copy it in its "
-                    "place to resume from there" if intervals else "")
-            raise UserError(f"{err}: cannot resume{hint}, or move it away to start over"
-                            ) from None
-        if state.world_size != self.world_size:
-            raise UserError(f"{path} was written by a run with {state.world_size} "
-                            f"processes; resume it with the same number ({self.world_size} now)")
-        self._check_same_architecture(path, raw)
-        self.model.load_state_dict(checked_weights(raw["model"], self.model.state_dict(), path))
-        self.optimizer.load_state_dict(raw["last_optimizer_state"])
-        self.scaler.load_state_dict(state.scaler)
-        self.update, self.best_valid = state.update, state.best_valid_loss
-        self.saved_update = state.update
-        self.wall_time, self.audio_seconds = state.wall_time_s, state.audio_seconds
-        self.train_flops = state.train_flops
-        self.sampler.state = SamplerState(state.epoch, state.position)
-        if state.target_stats:
-            self.target_stats = TargetStats.from_dict(state.target_stats)
-        if self.is_main:
-            print(f"resuming from {path} at update {self.update}", file=sys.stderr)
-
-    def _check_same_architecture(self, path: Path, raw: dict) -> None:
-        saved = (raw.get("cfg") or {}).get("model") or {}
-        ours = self.model_cfg.to_dict()
-        for key in ARCHITECTURE_FIELDS:
-            if key in saved and saved[key] != ours[key]:
-                raise UserError(
-                    f"{path}: this run changes the architecture of the run it would resume: "
-                    f"model.{key} is {saved[key]!r} there and {ours[key]!r} now; drop that "
-                    "override to resume, or give another checkpoint.save_dir to start over")
 
     def _install_signal_handlers(self) -> dict:
         """SIGINT / SIGTERM finish the current update, save and stop (a second Ctrl-C stops at
@@ -456,33 +363,6 @@ class Trainer:
             except ValueError:  # not the main thread (e.g. inside a test runner thread)
                 pass
         return previous
-
-
-class _Window:
-    """Running sums between two log lines."""
-
-    def __init__(self) -> None:
-        self.count, self.seconds = 0, 0.0
-        self.skipped = 0  # updates skipped for a non-finite value (mixed precision)
-        self.sums: dict[str, float] = {}
-
-    def add(self, stats: dict, seconds: float) -> None:
-        self.count += 1
-        self.seconds += seconds
-        for key in ("loss", "reconstruction", "features_pen", "grad_norm", "audio_seconds"):
-            self.sums[key] = self.sums.get(key, 0.0) + stats[key]
-        self.sums["lr"] = stats["lr"]
-
-    def summary(self, update: int) -> dict:
-        mean = {k: v / self.count for k, v in self.sums.items() if k not in ("lr",)}
-        return {
-            "update": update, "loss": mean["loss"] / LN2, "loss_nats": mean["loss"],
-            "reconstruction": mean["reconstruction"],
-            "features_pen": mean["features_pen"], "grad_norm": mean["grad_norm"],
-            "lr": self.sums["lr"], "updates_per_s": self.count / max(self.seconds, 1e-9),
-            "audio_seconds_per_s": self.sums["audio_seconds"] / max(self.seconds, 1e-9),
-            "skipped_updates": self.skipped,
-        }
 
 
 def _mix(*numbers: int) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 from tera.corpora import librispeech, speech_commands, voxceleb1
 from tera.corpora.base import generator_of, is_embedded_corpus, read_summary
 from tera.errors import UserError
-from tera.pretrain.data import write_manifest_files
+from tera.pretrain.manifest import write_manifest_files
 from tera.runs.files import read_json, write_json
 
 
