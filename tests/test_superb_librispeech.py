@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import editdistance
 import pytest
 import soundfile as sf
 import torch
@@ -16,7 +17,6 @@ from tera.corpora.lexicon import word_phones
 from tera.corpora.phones import PHONEMES
 from tera.downstream.asr import AsrTask
 from tera.downstream.buckets import utterance_batches
-from tera.downstream.metrics import phone_error_rate
 from tera.downstream.pr import PrTask
 from tera.downstream.recipe import load_recipe
 from tera.downstream.runner import run
@@ -279,7 +279,8 @@ def test_pr_run_on_the_real_layout(libri_root, tmp_path):
     hypotheses = [line.split("HYP:")[1].split() for line in lines]
     assert all(set(h) <= set(PHONEMES) | {"<unk>"} for h in hypotheses)
     # the number is the phone error rate of the predictions written
-    assert written["value"] == pytest.approx(phone_error_rate(references, hypotheses))
+    errors = sum(editdistance.eval(r, h) for r, h in zip(references, hypotheses))
+    assert written["value"] == pytest.approx(errors / sum(len(r) for r in references))
 
 
 # --- batches in utterances ---------------------------------------------------------------------
