@@ -18,6 +18,7 @@ DIRECTORY_FORMATS = ("safetensors", "transformers")  # formats written as a fold
 
 
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
+    """Declare `tera extract`, `tera info` and `tera convert`."""
     extract = sub.add_parser(
         "extract", help="write hidden states or baseline features of audio files to an .npz",
         description="Per input file, an array keyed by the file's stem: (L+1, T, D) with "
@@ -75,6 +76,8 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    """`tera extract`: every input file's hidden states (or baseline features) into one .npz;
+    returns the exit code."""
     from tera.audio import load_audio
     from tera.runs.files import check_not_an_input, check_writable
 
@@ -164,6 +167,8 @@ def _save_npz(output: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    """`tera info`: a preset's or checkpoint's architecture, parameters and FLOPs; returns the exit
+    code."""
     from tera.presets import model_cost
 
     cfg, preset, source = _info_target(args.target)
@@ -212,6 +217,8 @@ def _info_target(target: str):
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """`tera convert`: a checkpoint written again in another format (see docs/checkpoints.md);
+    returns the exit code."""
     from tera.checkpoint import convert_checkpoint
     from tera.runs.files import check_not_an_input, check_writable
 

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """Declare `tera study`."""
     p = sub.add_parser("study", help="the compute-matched scaling study end to end, with a "
                        "report (resumable)")
     p.add_argument("--config", help="study YAML (default: the shipped default / quick study)")
@@ -20,6 +21,7 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`tera study`: run (or resume) a study and write its report; returns the exit code."""
     from tera.study import run_study
 
     report = run_study(args.config, args.quick, args.out, args.jobs, args.seeds)

@@ -126,6 +126,7 @@ class TeraUpstream(Upstream):
         self.context_frames = round(context_seconds * frames_per_second)
 
     def options(self) -> dict:
+        """The chunking and precision settings, which change the features but not the weights."""
         return {"chunk_seconds": self.chunk_seconds, "context_seconds": self.context_seconds,
                 "dtype": str(self.compute_dtype())}
 
@@ -138,6 +139,7 @@ class TeraUpstream(Upstream):
         return torch.float32
 
     def get_downsample_rate(self) -> int:
+        """The extractor's hop (320 samples for the presets)."""
         return self.model.feature_extractor.geometry.hop
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
@@ -197,9 +199,11 @@ class FbankUpstream(Upstream):
         self.hidden_size = num_mel_bins * (3 if deltas else 1)
 
     def options(self) -> dict:
+        """The mel bins and whether deltas are appended."""
         return {"num_mel_bins": self.num_mel_bins, "deltas": self.deltas}
 
     def get_downsample_rate(self) -> int:
+        """Kaldi's 10 ms frame shift in samples."""
         return FRAME_SHIFT
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
@@ -220,6 +224,7 @@ class MfccUpstream(Upstream):
     min_samples = FRAME_LENGTH
 
     def get_downsample_rate(self) -> int:
+        """Kaldi's 10 ms frame shift in samples."""
         return FRAME_SHIFT
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:

@@ -40,10 +40,12 @@ class ConvGeometry:
 
     @property
     def hop(self) -> int:
+        """Input samples between two output frames (the product of the strides)."""
         return math.prod(stride for _, stride in self.layers)
 
     @property
     def receptive_field(self) -> int:
+        """Input samples one output frame sees (also the fewest samples that give a frame)."""
         field = 1
         for kernel, stride in reversed(self.layers):
             field = (field - 1) * stride + kernel

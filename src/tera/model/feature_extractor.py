@@ -106,10 +106,12 @@ class ConvLayerBlock(nn.Module):
 
     @property
     def conv(self) -> nn.Conv1d:
+        """The block's Conv1d (index 0, as in fairseq's state dict)."""
         return self._modules["0"]  # type: ignore[return-value]
 
     @property
     def norm(self) -> MaskedInstanceNorm | ChannelLayerNorm | None:
+        """The block's norm, if any (index 2, as in fairseq's state dict)."""
         return self._modules.get("2")  # type: ignore[return-value]
 
     @property

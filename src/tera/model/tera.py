@@ -40,6 +40,7 @@ class TeraFeatures:
 
     @property
     def last_hidden_state(self) -> torch.Tensor:
+        """The final layer's output, (B, T, D)."""
         return self.hidden_states[-1]
 
 

@@ -25,10 +25,13 @@ COMMON = "_common"
 
 
 def preset_dir() -> Path:
+    """The folder of the shipped preset YAML files (inside the installed package)."""
     return Path(str(resources.files("tera") / "configs" / "pretrain"))
 
 
 def preset_names(config_dir: Path | None = None) -> list[str]:
+    """The preset names in `config_dir` (default: the shipped presets and their fork aliases),
+    sorted."""
     folder = Path(config_dir) if config_dir else preset_dir()
     names = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
     return sorted(set(names) | (set(ALIASES) if config_dir is None else set()))
@@ -95,6 +98,7 @@ class ModelCost:
     transformer_flops_per_second: float
 
     def as_dict(self) -> dict[str, float]:
+        """The fields as a plain dict, for JSON."""
         return dict(self.__dict__)
 
 

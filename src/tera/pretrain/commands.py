@@ -7,6 +7,7 @@ import json
 
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
+    """Declare `tera manifest`, `tera pretrain` and `tera plan`."""
     manifest = sub.add_parser("manifest", help="write fairseq train.tsv / valid.tsv for a folder")
     manifest.add_argument("root", help="folder searched recursively for audio files")
     manifest.add_argument("-o", "--output", required=True, help="folder for the .tsv files")
@@ -37,6 +38,7 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_manifest(args: argparse.Namespace) -> int:
+    """`tera manifest`: train.tsv / valid.tsv for an audio folder; returns the exit code."""
     from tera.pretrain.manifest import write_manifest
 
     counts = write_manifest(args.root, args.output, args.valid_percent,
@@ -47,6 +49,8 @@ def run_manifest(args: argparse.Namespace) -> int:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    """`tera pretrain`: sets the process up for compute, then trains (or resumes) one run; returns
+    the exit code."""
     from tera.pretrain.config import load_config
     from tera.pretrain.trainer import pretrain
     from tera.runtime import prepare_process
@@ -60,6 +64,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    """`tera plan`: the updates that give a preset another preset's compute budget; returns the
+    exit code."""
     from tera.pretrain.planner import plan_presets
 
     result = plan_presets(args.config_name, args.budget_of, args.fraction)

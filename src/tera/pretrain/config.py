@@ -53,6 +53,8 @@ def load_config(config_name: str, config_dir: str | Path | None = None,
 
 
 def valid_keys(cfg: DictConfig) -> list[str]:
+    """Every `section.key` a configuration accepts (the model's from TeraConfig's fields), for
+    error messages."""
     keys = [f"{section}.{key}" for section, values in cfg.items() if section != "model"
             for key in values]
     model_fields = [f.name for f in dataclasses.fields(TeraConfig) if f.name != "extra"]
@@ -190,4 +192,6 @@ def _physical_memory() -> int | None:
 
 
 def to_plain(cfg: DictConfig) -> dict:
+    """The configuration as plain dicts and lists, interpolations resolved (what checkpoints
+    store)."""
     return OmegaConf.to_container(cfg, resolve=True)

@@ -176,6 +176,7 @@ class Batches(Sequence[list[int]]):
         return self.indices[self.bounds[number] : self.bounds[number + 1]].tolist()
 
     def lengths(self) -> np.ndarray:
+        """The number of utterances in each batch."""
         return np.diff(self.bounds)
 
 
@@ -222,6 +223,8 @@ def _rounded(size: int, multiple: int) -> int:
 
 @dataclass
 class SamplerState:
+    """Where a rank's sampler stands: the epoch and how many of its batches that epoch has handed
+    out (saved in checkpoints for an exact resume)."""
     epoch: int = 0
     position: int = 0  # batches of this rank already consumed in this epoch
 

@@ -26,10 +26,12 @@ class TargetStats:
         return (targets - self.mean.to(targets.device)) / self.std.to(targets.device)
 
     def to_dict(self) -> dict[str, list[float]]:
+        """Mean and std as lists, for a checkpoint."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
     def from_dict(cls, state: dict) -> TargetStats:
+        """The statistics back from `to_dict`'s form."""
         return cls(torch.tensor(state["mean"], dtype=torch.float32),
                    torch.tensor(state["std"], dtype=torch.float32))
 
@@ -43,6 +45,7 @@ def target_statistics(waves: Iterable[torch.Tensor]) -> TargetStats:
 
 @dataclass
 class LossOutput:
+    """What `tera_loss` returns: the loss to back-propagate and its parts, for the logs."""
     loss: torch.Tensor  # the value to back-propagate (reconstruction + weight * penalty)
     reconstruction: torch.Tensor  # mean L1 over masked, non-padded frames and all 78 dims
     features_pen: torch.Tensor

@@ -39,6 +39,7 @@ class PathList(Sequence[str]):
 
     @classmethod
     def from_strings(cls, paths: Iterable[str]) -> PathList:
+        """A PathList of `paths` (UTF-8 encoded, in order)."""
         encoded = [p.encode() for p in paths]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in encoded], out=offsets[1:])

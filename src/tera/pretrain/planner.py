@@ -20,6 +20,8 @@ MAX_UPDATES = 10**15  # far beyond any run; keeps the plan an exact integer
 
 
 def flops_per_update(cfg: DictConfig) -> float:
+    """Training FLOPs of one update of `cfg`: full crops per batch (max_tokens / crop) times
+    update_freq, each crop at `training_flops`' cost."""
     crop = int(cfg.task.max_sample_size)
     crops_per_batch = int(cfg.dataset.max_tokens) / crop
     update_freq = int(cfg.optimization.update_freq)
@@ -50,6 +52,8 @@ def plan(cfg: DictConfig, budget: DictConfig | None = None, fraction: float = 1.
 
 
 def plan_presets(preset: str, budget_of: str | None = None, fraction: float = 1.0) -> dict:
+    """`plan` for preset names: the updates that give `preset` `fraction` of the compute budget of
+    `budget_of` (default its own)."""
     cfg = load_preset(preset)
     budget = load_preset(budget_of) if budget_of else None
     result = plan(cfg, budget, fraction)

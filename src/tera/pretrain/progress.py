@@ -16,6 +16,7 @@ class Window:
         self.sums: dict[str, float] = {}
 
     def add(self, stats: dict, seconds: float) -> None:
+        """Count one update's statistics and how long it took."""
         self.count += 1
         self.seconds += seconds
         for key in ("loss", "reconstruction", "features_pen", "grad_norm", "audio_seconds"):
@@ -23,6 +24,7 @@ class Window:
         self.sums["lr"] = stats["lr"]
 
     def summary(self, update: int) -> dict:
+        """The window's means as one log record for `update` (loss in bits, as fairseq logs it)."""
         mean = {k: v / self.count for k, v in self.sums.items() if k not in ("lr",)}
         return {
             "update": update, "loss": mean["loss"] / LN2, "loss_nats": mean["loss"],

@@ -38,6 +38,8 @@ class Checkpoints:
                                    state)
 
     def save(self, interval: bool) -> None:
+        """Write checkpoint_last.pt atomically and, for an interval save, the numbered copy
+        (the newest `keep_interval_updates` kept); only the main rank writes."""
         if not self.is_main:
             return
         checkpoint = self._checkpoint()

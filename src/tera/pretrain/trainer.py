@@ -45,6 +45,9 @@ class NonFiniteUpdate(UserError):
 
 
 class Trainer(Checkpoints):
+    """One pre-training run of a configuration: model, data, optimizer, schedule and checkpoints,
+    on one device or as one rank of DDP; `train()` runs it to max_update, resuming from
+    checkpoint_last.pt when there is one."""
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         placement = distributed_env()  # checked before any model or data
@@ -131,6 +134,7 @@ class Trainer(Checkpoints):
 
     @property
     def stop_requested(self) -> bool:
+        """Whether Ctrl-C or SIGTERM arrived: the loop then saves and stops at the next update."""
         return self.stop_signal is not None
 
     def _train_loop(self) -> dict:
@@ -304,6 +308,7 @@ class Trainer(Checkpoints):
 
     @torch.no_grad()
     def validate(self) -> float | None:
+        """The mean validation loss (bits) over valid.tsv, or None without a validation set."""
         if self.valid_set is None:
             return None
         self.model.eval()
