@@ -1,4 +1,7 @@
-"""`tera extract`, `tera info` and `tera convert`: features, model facts, checkpoint formats."""
+"""`tera extract`, `tera info` and `tera convert`: features, model facts, checkpoint formats.
+
+The handlers import what they run when they run, so that `tera --help` loads only the parsers.
+"""
 
 from __future__ import annotations
 

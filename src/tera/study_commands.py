@@ -1,4 +1,7 @@
-"""`tera study`."""
+"""`tera study`.
+
+The handlers import what they run when they run, so that `tera --help` loads only the parsers.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""`tera downstream`, with s3prl's `run_downstream.py` flags."""
+"""`tera downstream`, with s3prl's `run_downstream.py` flags.
+
+The handlers import what they run when they run, so that `tera --help` loads only the parsers.
+"""
 
 from __future__ import annotations
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tera.errors import UserError
 from tera.model.config import TARGET_DIM, TeraConfig
 from tera.model.conv_geometry import ConvGeometry
+from tera.model.tera import TeraModel
 from tera.presets.fork_layout import from_fork_layout
 from tera.yaml_files import read_yaml_mapping
 
@@ -104,10 +106,6 @@ class ModelCost:
 
 def count_parameters(cfg: TeraConfig) -> int:
     """Trainable parameters of the model built from `cfg` (label_embs_concat excluded)."""
-    import torch
-
-    from tera.model.tera import TeraModel
-
     with torch.device("meta"):  # shapes only, no memory
         model = TeraModel(cfg)
     return sum(p.numel() for p in model.parameters())

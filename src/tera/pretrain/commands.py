@@ -1,4 +1,7 @@
-"""`tera manifest`, `tera pretrain` and `tera plan`."""
+"""`tera manifest`, `tera pretrain` and `tera plan`.
+
+The handlers import what they run when they run, so that `tera --help` loads only the parsers.
+"""
 
 from __future__ import annotations
 
