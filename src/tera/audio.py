@@ -39,14 +39,8 @@ EPSILON = float(np.finfo(np.float32).eps)
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:
     """(num_frames, sample_rate, channels) read from the file header, without decoding."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such audio file")
-    try:
-        info = sf.info(str(path))
-    except Exception as err:  # libsndfile reports every unreadable file as its own error
-        raise UserError(f"{path}: not a readable audio file ({_reason(err)})") from err
-    return info.frames, info.samplerate, info.channels
+    with _opened(path) as sound:
+        return sound.frames, sound.samplerate, sound.channels
 
 
 def load_audio(path: str | Path, *, sample_rate: int = SAMPLE_RATE, min_samples: int = 1,
